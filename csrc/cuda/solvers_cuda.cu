@@ -1,0 +1,111 @@
+// CUDA bodies of the batched solver ops: one thread per independent problem,
+// running the same header-only routines as the CPU ops. Workspaces are device
+// tensors, so no call synchronises the host.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "../ops_common.h"
+#include "fastmtl/solvers.h"
+
+namespace fastmtl {
+namespace {
+
+constexpr int kThreads = 32;
+
+unsigned grid_for(int64_t batch) { return (unsigned)((batch + kThreads - 1) / kThreads); }
+
+__global__ void pcgrad_kernel(const double* G, const int64_t* order, int T, int64_t batch,
+                              bool include_self, double eps, bool eps_on_norm, double* C) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const int64_t off = b * T * T;
+  solvers::pcgrad_coefficients(G + off, T, order + off, include_self, eps, eps_on_norm, C + off);
+}
+
+__global__ void min_norm_kernel(const double* G, int T, int64_t batch, int max_iter, double tol,
+                                double* w, bool* ok, double* dwork, int* iwork) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  ok[b] = solvers::min_norm_point(G + b * T * T, T, nullptr, w + b * T,
+                                  dwork + b * solvers::min_norm_work_doubles(T),
+                                  iwork + b * solvers::min_norm_work_ints(T), max_iter, tol);
+}
+
+__global__ void cagrad_kernel(const double* G, int T, int64_t batch, double c, int rescale,
+                              int max_outer, int max_inner, double* weights, double* w_star,
+                              bool* ok, double* dwork, int* iwork) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  ok[b] = solvers::cagrad_weights(G + b * T * T, T, c, rescale, w_star + b * T, weights + b * T,
+                                  dwork + b * solvers::cagrad_work_doubles(T),
+                                  iwork + b * solvers::cagrad_work_ints(T), max_outer, max_inner);
+}
+
+at::Tensor pcgrad_coefficients_cuda(const at::Tensor& G_in, const at::Tensor& order_in,
+                                    bool include_self, double eps, bool eps_on_norm) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  TORCH_CHECK_VALUE(order_in.sizes() == G_in.sizes(), "order must have the shape of G");
+  TORCH_CHECK_TYPE(order_in.scalar_type() == at::kLong, "order must be int64");
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous(), order = order_in.contiguous();
+  at::Tensor C = at::empty_like(G);
+  const int64_t batch = G.numel() / (T * T);
+  if (batch == 0) return C;
+  pcgrad_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      G.const_data_ptr<double>(), order.const_data_ptr<int64_t>(), (int)T, batch, include_self,
+      eps, eps_on_norm, C.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return C;
+}
+
+std::tuple<at::Tensor, at::Tensor> min_norm_weights_cuda(const at::Tensor& G_in,
+                                                         int64_t max_iter, double tol) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous();
+  const int64_t batch = G.numel() / (T * T);
+  at::Tensor w = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor ok = at::empty(batch_shape(G, 2), G.options().dtype(at::kBool));
+  if (batch == 0) return {w, ok};
+  at::Tensor dwork = at::empty({batch * solvers::min_norm_work_doubles((int)T)}, G.options());
+  at::Tensor iwork =
+      at::empty({batch * solvers::min_norm_work_ints((int)T)}, G.options().dtype(at::kInt));
+  min_norm_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      G.const_data_ptr<double>(), (int)T, batch, (int)max_iter, tol, w.data_ptr<double>(),
+      ok.data_ptr<bool>(), dwork.data_ptr<double>(), iwork.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {w, ok};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cagrad_weights_cuda(const at::Tensor& G_in,
+                                                                   double c, int64_t rescale,
+                                                                   int64_t max_outer,
+                                                                   int64_t max_inner) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous();
+  const int64_t batch = G.numel() / (T * T);
+  at::Tensor weights = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor w_star = at::empty_like(weights);
+  at::Tensor ok = at::empty(batch_shape(G, 2), G.options().dtype(at::kBool));
+  if (batch == 0) return {weights, w_star, ok};
+  at::Tensor dwork = at::empty({batch * solvers::cagrad_work_doubles((int)T)}, G.options());
+  at::Tensor iwork =
+      at::empty({batch * solvers::cagrad_work_ints((int)T)}, G.options().dtype(at::kInt));
+  cagrad_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      G.const_data_ptr<double>(), (int)T, batch, c, (int)rescale, (int)max_outer, (int)max_inner,
+      weights.data_ptr<double>(), w_star.data_ptr<double>(), ok.data_ptr<bool>(),
+      dwork.data_ptr<double>(), iwork.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {weights, w_star, ok};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
+  m.impl("pcgrad_coefficients", &pcgrad_coefficients_cuda);
+  m.impl("min_norm_weights", &min_norm_weights_cuda);
+  m.impl("cagrad_weights", &cagrad_weights_cuda);
+}
+
+}  // namespace fastmtl

@@ -1,0 +1,24 @@
+// Schemas of the fastmtl ops and the Python module stub that loads them.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import fastmtl._C` runs the static registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastmtl, m) {
+  m.def("gram(Tensor J) -> Tensor");
+  m.def("combine_rows(Tensor w, Tensor J) -> Tensor");
+  m.def("combine_rows_out(Tensor w, Tensor J, Tensor(a!) out, bool accumulate=False) -> ()");
+  m.def(
+      "pcgrad_coefficients(Tensor G, Tensor order, bool include_self=True, float eps=0.0, "
+      "bool eps_on_norm=False) -> Tensor");
+  m.def("min_norm_weights(Tensor G, int max_iter, float tol) -> (Tensor, Tensor)");
+  m.def(
+      "cagrad_weights(Tensor G, float c, int rescale, int max_outer, int max_inner) "
+      "-> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,419 @@
+// Small dense solvers shared by the CPU and CUDA ops.
+//
+// Every routine here works on one T x T float64 Gram matrix G = J J^T (row-major,
+// leading dimension T) and writes task weights w such that the combined direction
+// is d = w^T J. They are header-only and __host__ __device__ so that the CPU test
+// suite exercises exactly the code that runs on the GPU. No routine allocates:
+// callers pass workspaces sized by the *_work_* helpers below. Iteration counts are
+// capped, and convergence is reported through a flag instead of a host sync.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define FASTMTL_HD __host__ __device__
+#else
+#define FASTMTL_HD
+#endif
+
+namespace fastmtl {
+namespace solvers {
+
+FASTMTL_HD inline double max_diagonal(const double* G, int T) {
+  double m = 0.0;
+  for (int i = 0; i < T; ++i) m = fmax(m, G[(int64_t)i * T + i]);
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// PCGrad (Yu et al. 2020) as coefficients.
+//
+// Every projected gradient stays a linear combination of the original rows,
+// pc_i = sum_k C[i, k] g_k, so the sequential projections only need G:
+//   p.g_j = sum_k C[i, k] G[k, j],   p -= (p.g_j / ||g_j||^2) g_j  <=>  C[i, j] -= ...
+// order[i, :] is the visiting order of task i. include_self visits j == i (the
+// rule of the paper's code); eps is added to the denominator ||g_j||^2, or, with
+// eps_on_norm, to ||g_j|| before squaring (the CAGrad repository's unit vectors).
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline void pcgrad_coefficients(const double* G, int T, const int64_t* order,
+                                           bool include_self, double eps, bool eps_on_norm,
+                                           double* C) {
+  for (int i = 0; i < T; ++i) {
+    double* c = C + (int64_t)i * T;
+    for (int m = 0; m < T; ++m) c[m] = 0.0;
+    c[i] = 1.0;
+    const int64_t* visit = order + (int64_t)i * T;
+    for (int k = 0; k < T; ++k) {
+      const int j = (int)visit[k];
+      if (j < 0 || j >= T || (!include_self && j == i)) continue;
+      const double* gj = G + (int64_t)j * T;  // G is symmetric: row j == column j
+      double dot = 0.0;
+      for (int m = 0; m < T; ++m) dot += c[m] * gj[m];
+      if (!(dot < 0.0)) continue;
+      const double gjj = gj[j];
+      double denom;
+      if (eps_on_norm) {
+        const double n = sqrt(fmax(gjj, 0.0)) + eps;
+        denom = n * n;
+      } else {
+        denom = gjj + eps;
+      }
+      if (denom > 0.0) c[j] -= dot / denom;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Min-norm point of the convex hull of the rows (MGDA, Sener & Koltun 2018):
+//   w* = argmin_{w >= 0, sum w = 1} w^T G w.
+//
+// Wolfe's (1976) finite algorithm, written on G alone. A "corral" S is a set of
+// affinely independent points whose affine minimiser lies inside their hull.
+// Affine independence of {g_i} is linear independence of {(g_i, 1)}, whose Gram
+// matrix is M = G + shift * 1 1^T (shift > 0). On the affine set sum(a) = 1,
+// a^T M a = a^T G a + shift, so the affine minimiser over S is a ∝ M_S^{-1} 1,
+// and M_S is SPD exactly when S is affinely independent. We keep a Cholesky
+// factor L of M_S, appended and down-dated in O(|S|^2) as points enter and leave.
+//
+// The iteration starts from a warm start (support of w_init), else from all T
+// points when they are affinely independent (optimal supports are large in
+// practice, so few points then leave), else from the shortest row.
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline int64_t min_norm_work_doubles(int T) { return (int64_t)T * T + 4 * (int64_t)T; }
+FASTMTL_HD inline int64_t min_norm_work_ints(int T) { return 2 * (int64_t)T; }
+
+struct MinNormWork {
+  double* L;      // T x T, lower Cholesky factor of M_S (row p = position p in S)
+  double* lam;    // current weights, by position in S
+  double* alpha;  // affine minimiser, by position in S
+  double* Gx;     // (G lam) for every task
+  int* S;         // task index at each position
+  int* in_S;      // 1 if the task is in S
+
+  FASTMTL_HD MinNormWork(double* dwork, int* iwork, int T)
+      : L(dwork), lam(dwork + (int64_t)T * T), alpha(lam + T), Gx(alpha + T),
+        S(iwork), in_S(iwork + T) {}
+};
+
+// Appends task j to the factor of M_S; false when (g_j, 1) is numerically in the
+// span of the current points (squared distance below rel_tol * M_jj).
+FASTMTL_HD inline bool chol_append(const double* G, int T, double shift, MinNormWork& w, int s,
+                                   int j, double rel_tol) {
+  double* row = w.L + (int64_t)s * T;
+  double sq = 0.0;
+  for (int p = 0; p < s; ++p) {
+    double v = G[(int64_t)w.S[p] * T + j] + shift;
+    const double* Lp = w.L + (int64_t)p * T;
+    for (int q = 0; q < p; ++q) v -= Lp[q] * row[q];
+    v /= Lp[p];
+    row[p] = v;
+    sq += v * v;
+  }
+  const double mjj = G[(int64_t)j * T + j] + shift;
+  const double d2 = mjj - sq;
+  if (!(d2 > rel_tol * mjj)) return false;
+  row[s] = sqrt(d2);
+  w.S[s] = j;
+  w.in_S[j] = 1;
+  return true;
+}
+
+// Removes position p from S and its factor: the rows below move up one, and the
+// trailing block absorbs the removed column by a rank-one Cholesky update.
+FASTMTL_HD inline void chol_remove(int T, MinNormWork& w, int s, int p, double* x) {
+  const int n = s - 1 - p;  // size of the trailing block
+  for (int k = 0; k < n; ++k) x[k] = w.L[(int64_t)(p + 1 + k) * T + p];
+  for (int r = p + 1; r < s; ++r) {
+    const double* src = w.L + (int64_t)r * T;
+    double* dst = w.L + (int64_t)(r - 1) * T;
+    for (int c = 0; c < p; ++c) dst[c] = src[c];
+    for (int c = p + 1; c <= r; ++c) dst[c - 1] = src[c];
+  }
+  for (int k = 0; k < n; ++k) {
+    double* Lk = w.L + (int64_t)(p + k) * T;
+    const double lkk = Lk[p + k];
+    const double r = sqrt(lkk * lkk + x[k] * x[k]);
+    const double cth = r / lkk, sth = x[k] / lkk;
+    Lk[p + k] = r;
+    for (int i = k + 1; i < n; ++i) {
+      double* Li = w.L + (int64_t)(p + i) * T;
+      Li[p + k] = (Li[p + k] + sth * x[i]) / cth;
+      x[i] = cth * x[i] - sth * Li[p + k];
+    }
+  }
+  w.in_S[w.S[p]] = 0;
+  for (int q = p; q < s - 1; ++q) {
+    w.S[q] = w.S[q + 1];
+    w.lam[q] = w.lam[q + 1];
+  }
+}
+
+// alpha = M_S^{-1} 1 / (1^T M_S^{-1} 1), by two triangular solves.
+FASTMTL_HD inline void affine_minimiser(int T, MinNormWork& w, int s) {
+  double* a = w.alpha;
+  for (int p = 0; p < s; ++p) {
+    const double* Lp = w.L + (int64_t)p * T;
+    double v = 1.0;
+    for (int q = 0; q < p; ++q) v -= Lp[q] * a[q];
+    a[p] = v / Lp[p];
+  }
+  for (int p = s - 1; p >= 0; --p) {
+    double v = a[p];
+    for (int q = p + 1; q < s; ++q) v -= w.L[(int64_t)q * T + p] * a[q];
+    a[p] = v / w.L[(int64_t)p * T + p];
+  }
+  double total = 0.0;
+  for (int p = 0; p < s; ++p) total += a[p];
+  for (int p = 0; p < s; ++p) a[p] /= total;
+}
+
+// Builds the starting corral from `start` (task flags); returns its size, 0 on failure.
+FASTMTL_HD inline int corral_from(const double* G, int T, double shift, MinNormWork& w,
+                                  const double* start_weights) {
+  for (int k = 0; k < T; ++k) w.in_S[k] = 0;
+  int s = 0;
+  double total = 0.0;
+  for (int k = 0; k < T; ++k) {
+    const double wk = start_weights ? start_weights[k] : 1.0;
+    if (!(wk > 0.0)) continue;
+    if (!chol_append(G, T, shift, w, s, k, 1e-10)) {
+      for (int q = 0; q < T; ++q) w.in_S[q] = 0;
+      return 0;
+    }
+    w.lam[s++] = wk;
+    total += wk;
+  }
+  for (int p = 0; p < s; ++p) w.lam[p] /= total;
+  return s;
+}
+
+// Returns true when Wolfe's optimality test held (within tol * max ||g||^2).
+FASTMTL_HD inline bool min_norm_point(const double* G, int T, const double* w_init, double* w_out,
+                                      double* dwork, int* iwork, int max_iter, double tol) {
+  const double scale = max_diagonal(G, T);
+  if (!(scale > 0.0)) {  // every row is zero: every w is optimal; keep the symmetric one
+    for (int k = 0; k < T; ++k) w_out[k] = 1.0 / T;
+    return true;
+  }
+  const double shift = scale;
+  MinNormWork w(dwork, iwork, T);
+  double* scratch = w.Gx;  // free while the factor is being edited
+
+  int s = 0;
+  if (w_init) s = corral_from(G, T, shift, w, w_init);
+  if (s == 0 && T > 1) s = corral_from(G, T, shift, w, nullptr);
+  if (s == 0) {
+    int i0 = 0;
+    for (int k = 1; k < T; ++k)
+      if (G[(int64_t)k * T + k] < G[(int64_t)i0 * T + i0]) i0 = k;
+    for (int k = 0; k < T; ++k) w.in_S[k] = 0;
+    chol_append(G, T, shift, w, 0, i0, 0.0);
+    w.lam[0] = 1.0;
+    s = 1;
+  }
+
+  bool converged = false;
+  int last_added = -1;
+  for (int it = 0; it < max_iter; ++it) {
+    affine_minimiser(T, w, s);
+    // Minor cycle: step towards the affine minimiser until a weight hits zero.
+    int blocking = -1;
+    double theta = 1.0;
+    for (int p = 0; p < s; ++p) {
+      if (w.alpha[p] > 1e-14) continue;
+      const double denom = w.lam[p] - w.alpha[p];
+      const double t = denom > 0.0 ? w.lam[p] / denom : 0.0;
+      if (blocking < 0 || t < theta) {
+        theta = t;
+        blocking = p;
+      }
+    }
+    if (blocking >= 0) {
+      if (theta <= 0.0 && w.S[blocking] == last_added) {
+        converged = true;  // the entering point cannot move: rounding stalls Wolfe here
+        chol_remove(T, w, s, blocking, scratch);
+        --s;
+        break;
+      }
+      double total = 0.0;
+      for (int p = 0; p < s; ++p) {
+        w.lam[p] += theta * (w.alpha[p] - w.lam[p]);
+        if (w.lam[p] < 0.0) w.lam[p] = 0.0;
+      }
+      w.lam[blocking] = 0.0;
+      for (int p = s - 1; p >= 0; --p) {
+        if (w.lam[p] <= 1e-16 && s > 1) {
+          chol_remove(T, w, s, p, scratch);
+          --s;
+        }
+      }
+      for (int p = 0; p < s; ++p) total += w.lam[p];
+      for (int p = 0; p < s; ++p) w.lam[p] /= total;
+      continue;
+    }
+    for (int p = 0; p < s; ++p) w.lam[p] = w.alpha[p];
+
+    // Major cycle: is there a point beyond the supporting hyperplane at x?
+    double xx = 0.0;
+    for (int k = 0; k < T; ++k) {
+      const double* gk = G + (int64_t)k * T;
+      double v = 0.0;
+      for (int p = 0; p < s; ++p) v += gk[w.S[p]] * w.lam[p];
+      w.Gx[k] = v;
+    }
+    for (int p = 0; p < s; ++p) xx += w.lam[p] * w.Gx[w.S[p]];
+    int j = -1;
+    for (int k = 0; k < T; ++k)
+      if (!w.in_S[k] && (j < 0 || w.Gx[k] < w.Gx[j])) j = k;
+    if (j < 0 || xx - w.Gx[j] <= tol * scale) {
+      converged = true;
+      break;
+    }
+    if (!chol_append(G, T, shift, w, s, j, 1e-14)) {
+      converged = true;  // (g_j, 1) lies in the span of S to rounding: nothing left to gain
+      break;
+    }
+    w.lam[s++] = 0.0;
+    last_added = j;
+  }
+  for (int k = 0; k < T; ++k) w_out[k] = 0.0;
+  for (int p = 0; p < s; ++p) w_out[w.S[p]] = w.lam[p];
+  return converged;
+}
+
+// ---------------------------------------------------------------------------
+// CAGrad (Liu et al. 2021), dual over the simplex:
+//   w* = argmin_{w in simplex} b^T w + kappa sqrt(w^T G w),
+//   b = G 1 / T (b_i = g_i . g0),  kappa = c ||g0||.
+// Writing sqrt(q) = min_{s>0} q/(2s) + s/2 turns it into the family of
+//   min_w 1/2 w^T G w + beta b^T w = 1/2 ||J^T w + beta g0||^2 + const,
+// i.e. the min-norm point of the rows shifted by beta g0, whose Gram matrix is
+//   G'(beta) = G + beta (b 1^T + 1 b^T) + beta^2 ||g0||^2 1 1^T.
+// The optimum is the root of phi(beta) = kappa beta - sqrt(q(w(beta))) on
+// [0, max||g|| / kappa], found by Illinois regula falsi with warm-started solves.
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline int64_t cagrad_work_doubles(int T) {
+  return 2 * (int64_t)T * T + 3 * (int64_t)T + min_norm_work_doubles(T);
+}
+FASTMTL_HD inline int64_t cagrad_work_ints(int T) { return min_norm_work_ints(T); }
+
+FASTMTL_HD inline double quadratic_form(const double* G, int T, const double* w) {
+  double q = 0.0;
+  for (int i = 0; i < T; ++i) {
+    double v = 0.0;
+    for (int j = 0; j < T; ++j) v += G[(int64_t)i * T + j] * w[j];
+    q += w[i] * v;
+  }
+  return q;
+}
+
+// Writes w* (the dual solution) and weights = (1/T + lambda w*) / s, with
+// lambda = kappa / ||J^T w*||; returns whether every inner solve converged.
+FASTMTL_HD inline bool cagrad_weights(const double* G, int T, double c, int rescale,
+                                      double* w_star, double* weights, double* dwork, int* iwork,
+                                      int max_outer, int max_inner) {
+  const double s_div = rescale == 1 ? 1.0 + c * c : (rescale == 2 ? 1.0 + c : 1.0);
+  double* Gp = dwork;
+  double* b = Gp + (int64_t)T * T;
+  double* w_try = b + T;
+  double* w_best = w_try + T;
+  double* inner = w_best + T;  // min-norm workspace
+
+  double g0sq = 0.0;
+  for (int i = 0; i < T; ++i) {
+    double v = 0.0;
+    for (int j = 0; j < T; ++j) v += G[(int64_t)i * T + j];
+    b[i] = v / T;
+    g0sq += b[i];
+  }
+  g0sq /= T;
+  const double scale = max_diagonal(G, T);
+  for (int k = 0; k < T; ++k) w_star[k] = 1.0 / T;
+  if (!(g0sq > 0.0) || !(c > 0.0) || !(scale > 0.0)) {
+    for (int k = 0; k < T; ++k) weights[k] = 1.0 / (T * s_div);
+    return true;
+  }
+  const double kappa = c * sqrt(g0sq);
+
+  bool converged = true;
+  bool have_warm = false;
+  double best_abs_phi = 0.0;
+  bool have_best = false;
+  // phi(beta); leaves the inner solution in w_try and keeps the best in w_best.
+  auto phi = [&](double beta) -> double {
+    for (int i = 0; i < T; ++i)
+      for (int j = 0; j < T; ++j)
+        Gp[(int64_t)i * T + j] = G[(int64_t)i * T + j] + beta * (b[i] + b[j]) + beta * beta * g0sq;
+    converged &= min_norm_point(Gp, T, have_warm ? w_try : nullptr, w_try, inner,
+                                iwork, max_inner, 1e-15);
+    have_warm = true;
+    const double f = kappa * beta - sqrt(fmax(quadratic_form(G, T, w_try), 0.0));
+    if (!have_best || fabs(f) < best_abs_phi) {
+      best_abs_phi = fabs(f);
+      have_best = true;
+      for (int k = 0; k < T; ++k) w_best[k] = w_try[k];
+    }
+    return f;
+  };
+
+  double lo = 0.0, hi = sqrt(scale) / kappa * (1.0 + 1e-12);
+  double f_lo = phi(lo);
+  if (f_lo >= 0.0) {
+    // 0 lies in the hull (phi(0) = 0); look for the positive root beyond it.
+    double probe = hi;
+    bool found = false;
+    for (int k = 0; k < 60 && !found; ++k) {
+      probe *= 0.5;
+      const double f = phi(probe);
+      if (f < 0.0) {
+        lo = probe;
+        f_lo = f;
+        found = true;
+      }
+    }
+    if (!found) {
+      // The optimum is at g_w = 0: drop the undefined g_w term, d = g0 / s.
+      for (int k = 0; k < T; ++k) {
+        w_star[k] = w_best[k];
+        weights[k] = 1.0 / (T * s_div);
+      }
+      return converged;
+    }
+  }
+  // Forget phi(0) = 0 when 0 lies in the hull: it is not the root we want.
+  have_best = false;
+  double f_hi = phi(hi);
+  if (!(f_hi > 0.0)) f_hi = 1e-300;  // kappa*hi >= max||g|| >= sqrt(q): only rounding lands here
+  int side = 0;
+  for (int it = 0; it < max_outer; ++it) {
+    double beta = (lo * f_hi - hi * f_lo) / (f_hi - f_lo);
+    if (!(beta > lo && beta < hi)) beta = 0.5 * (lo + hi);
+    const double f = phi(beta);
+    if (f > 0.0) {
+      hi = beta;
+      f_hi = f;
+      if (side == 1) f_lo *= 0.5;
+      side = 1;
+    } else if (f < 0.0) {
+      lo = beta;
+      f_lo = f;
+      if (side == -1) f_hi *= 0.5;
+      side = -1;
+    } else {
+      break;
+    }
+    if (hi - lo <= 1e-15 * hi || best_abs_phi <= 1e-15 * sqrt(scale)) break;
+    if (it == max_outer - 1) converged = false;
+  }
+  const double gw = sqrt(fmax(quadratic_form(G, T, w_best), 0.0));
+  const double lambda = gw > 1e-12 * sqrt(scale) ? kappa / gw : 0.0;
+  for (int k = 0; k < T; ++k) {
+    w_star[k] = w_best[k];
+    weights[k] = (1.0 / T + lambda * w_best[k]) / s_div;
+  }
+  return converged;
+}
+
+}  // namespace solvers
+}  // namespace fastmtl

@@ -1,0 +1,38 @@
+"""fastmtl: fast multi-task gradient manipulation for PyTorch.
+
+Per-task gradients ``J`` ``[T, P]`` go in, one update direction comes out. Gramian methods
+read ``J`` twice (``G = J J^T``, then ``d = w^T J``) with native CPU/CUDA kernels, and
+solve the small ``T x T`` problem exactly in float64.
+"""
+
+from . import ops, reference
+from ._native import native_available
+from .api import combine, make_combiner
+from .combiners import (
+    MGDA,
+    CAGrad,
+    Combiner,
+    CombineResult,
+    Mean,
+    PCGrad,
+    Sum,
+    available_methods,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "combine",
+    "make_combiner",
+    "available_methods",
+    "native_available",
+    "Combiner",
+    "CombineResult",
+    "Mean",
+    "Sum",
+    "PCGrad",
+    "MGDA",
+    "CAGrad",
+    "ops",
+    "reference",
+]

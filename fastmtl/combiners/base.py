@@ -1,0 +1,248 @@
+r"""The combiner interface and the input handling every combiner shares.
+
+A combiner turns per-task gradients :math:`J \in \mathbb{R}^{T \times P}` (row :math:`t` is
+:math:`g_t`) into one update direction. Gramian combiners decide from :math:`G = J J^\top`
+alone and return a combination of the rows:
+
+.. math::  G = J J^\top, \qquad w = \mathrm{weights}(G), \qquad d = w^\top J,
+
+so a combine step reads ``J`` twice (``gram`` and ``combine_rows``) whatever the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .. import ops
+
+__all__ = [
+    "Combiner",
+    "CombineResult",
+    "register",
+    "get_combiner_class",
+    "available_methods",
+    "as_matrix",
+]
+
+_REGISTRY: dict[str, type[Combiner]] = {}
+
+
+def register(*names: str):
+    """Class decorator: makes a combiner available to :func:`fastmtl.combine` by name."""
+
+    def deco(cls: type[Combiner]) -> type[Combiner]:
+        for name in names:
+            _REGISTRY[name.lower()] = cls
+        cls.name = names[0]
+        return cls
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    """Every name accepted by :func:`fastmtl.combine`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_combiner_class(name: str) -> type[Combiner]:
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a str or a Combiner, got {type(name).__name__}")
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; available methods: {', '.join(available_methods())}"
+        ) from None
+
+
+@dataclass
+class CombineResult:
+    """What a combine step produced.
+
+    Attributes:
+        direction: the combined update, shaped like one task's gradient.
+        weights: float64 ``[T]`` with ``direction = weights @ J``.
+        gram: the Gram matrix ``J J^T`` (float32, or float64 for float64 input), or None
+            for methods that do not form it when ``check_finite=False``.
+        extras: method-specific diagnostics (convergence flags, dual solutions, ...).
+    """
+
+    direction: Tensor
+    weights: Tensor
+    gram: Tensor | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def as_matrix(grads: Tensor | Sequence[Tensor], name: str = "grads") -> tuple[Tensor, torch.Size]:
+    """Views per-task gradients as a ``[T, P]`` matrix; returns it and one task's shape.
+
+    A ``[T, *shape]`` tensor is viewed without a copy when its trailing dimensions are
+    contiguous; a sequence of T equal-shape tensors is stacked (one copy).
+    """
+    if isinstance(grads, Tensor):
+        J = grads
+    elif isinstance(grads, Sequence) and not isinstance(grads, (str, bytes)):
+        if len(grads) == 0:
+            raise ValueError(f"{name} must hold at least one task gradient (T >= 1), got T = 0")
+        if not all(isinstance(g, Tensor) for g in grads):
+            raise TypeError(f"{name} must be a Tensor or a sequence of Tensors")
+        first = grads[0]
+        for t, g in enumerate(grads):
+            if g.shape != first.shape:
+                raise ValueError(
+                    f"{name}[{t}] has shape {tuple(g.shape)}, expected {tuple(first.shape)} "
+                    f"like {name}[0]"
+                )
+            if g.dtype != first.dtype:
+                raise TypeError(f"{name}[{t}] has dtype {g.dtype}, expected {first.dtype}")
+            if g.device != first.device:
+                raise ValueError(f"{name}[{t}] is on {g.device}, expected {first.device}")
+        _check_dtype(first, name)
+        J = torch.stack([g.detach() for g in grads])
+    else:
+        raise TypeError(
+            f"{name} must be a Tensor [T, ...] or a sequence of T tensors, "
+            f"got {type(grads).__name__}"
+        )
+    if J.dim() < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions [T, ...] (one row per task), "
+            f"got shape {tuple(J.shape)}"
+        )
+    if J.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one task gradient (T >= 1), got T = 0")
+    _check_dtype(J, name)
+    task_shape = J.shape[1:]
+    if task_shape.numel() == 0:
+        raise ValueError(
+            f"{name} must have at least one element per task, got shape {tuple(J.shape)}"
+        )
+    J = J.detach().reshape(J.shape[0], -1)
+    if J.shape[1] > 1 and J.stride(1) != 1:
+        J = J.contiguous()
+    return J, task_shape
+
+
+def _check_dtype(t: Tensor, name: str) -> None:
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+        )
+
+
+def _check_out(out: Tensor, J: Tensor) -> Tensor:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a Tensor, got {type(out).__name__}")
+    if out.dtype != J.dtype:
+        raise TypeError(f"out must have the gradients' dtype {J.dtype}, got {out.dtype}")
+    if out.device != J.device:
+        raise ValueError(f"out must be on the gradients' device {J.device}, got {out.device}")
+    if out.numel() != J.shape[1]:
+        raise ValueError(
+            f"out must have {J.shape[1]} elements (one task's gradient), got shape "
+            f"{tuple(out.shape)}"
+        )
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    return out.view(-1)
+
+
+def _skip_data_checks() -> bool:
+    """Data-dependent checks need a host sync: skip them while tracing or capturing."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def check_finite_gram(G: Tensor) -> None:
+    """Raises ValueError if the gradients held NaN/Inf (they reach G's diagonal)."""
+    if not _skip_data_checks() and not bool(torch.isfinite(G).all()):
+        raise ValueError(
+            "grads contain NaN or Inf (or are so large that their Gram matrix overflows "
+            "float32); every combiner needs finite gradients"
+        )
+
+
+class Combiner(torch.nn.Module):
+    r"""Base class of the gradient combiners.
+
+    Subclasses implement :meth:`weights`, mapping the Gram matrix :math:`G` (``[T, T]``) to
+    float64 weights :math:`w` with direction :math:`d = w^\top J`. Calling a combiner on
+    per-task gradients returns the direction; :meth:`combine` also returns the weights and
+    Gram matrix. Combiners are ``nn.Module`` s so that stateful ones save their state with
+    ``state_dict()``; :meth:`reset` clears it.
+    """
+
+    name: ClassVar[str] = ""
+    #: False for methods whose weights do not depend on G (Mean, Sum).
+    requires_gram: ClassVar[bool] = True
+    #: True for methods that need the per-task losses (MGDA's loss normalisations).
+    needs_losses: bool = False
+    #: True for methods that draw random numbers (they accept a torch.Generator).
+    is_random: bool = False
+
+    def weights(
+        self, G: Tensor, *, generator: torch.Generator | None = None,
+        losses: Tensor | None = None,
+    ) -> Tensor:
+        """Task weights (float64 ``[T]``) from the Gram matrix ``G`` ``[T, T]``."""
+        raise NotImplementedError
+
+    def _solve(
+        self, G: Tensor | None, T: int, device: torch.device,
+        generator: torch.Generator | None, losses: Tensor | None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Weights and diagnostics; methods with extra outputs override this."""
+        assert G is not None
+        return self.weights(G, generator=generator, losses=losses), {}
+
+    def forward(
+        self, grads: Tensor | Sequence[Tensor], *, out: Tensor | None = None,
+        generator: torch.Generator | None = None, losses: Tensor | Sequence[float] | None = None,
+    ) -> Tensor:
+        """The combined direction, shaped like one task's gradient."""
+        return self.combine(grads, out=out, generator=generator, losses=losses).direction
+
+    def combine(
+        self, grads: Tensor | Sequence[Tensor], *, out: Tensor | None = None,
+        generator: torch.Generator | None = None, losses: Tensor | Sequence[float] | None = None,
+        check_finite: bool = True,
+    ) -> CombineResult:
+        """Combines per-task gradients; see :func:`fastmtl.combine` for the arguments."""
+        J, task_shape = as_matrix(grads)
+        T = J.shape[0]
+        out_flat = _check_out(out, J) if out is not None else None
+        loss_vec = self._check_losses(losses, T, J.device)
+        G = ops.gram(J) if (self.requires_gram or check_finite) else None
+        if check_finite and G is not None:
+            check_finite_gram(G)
+        w, extras = self._solve(G, T, J.device, generator, loss_vec)
+        d = ops.combine_rows(w, J, out=out_flat)
+        direction = out if out is not None else d.view(task_shape)
+        return CombineResult(direction=direction, weights=w, gram=G, extras=extras)
+
+    def _check_losses(self, losses, T: int, device: torch.device) -> Tensor | None:
+        if losses is None:
+            if self.needs_losses:
+                raise ValueError(f"{type(self).__name__} with these options needs `losses`")
+            return None
+        loss_vec = torch.as_tensor(
+            losses if isinstance(losses, Tensor) else list(losses), dtype=torch.float64
+        ).detach()
+        if loss_vec.dim() != 1 or loss_vec.shape[0] != T:
+            raise ValueError(f"losses must have shape [T] = [{T}], got {tuple(loss_vec.shape)}")
+        return loss_vec.to(device)
+
+    def reset(self) -> None:
+        """Clears any state carried between steps (no-op for stateless combiners)."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._hparams().items())
+
+    def _hparams(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,155 @@
+r"""Typed wrappers over the native ops ``torch.ops.fastmtl.*``.
+
+Each wrapper calls the compiled CPU or CUDA kernel when one is registered for the input's
+device, and the pure-PyTorch reference in :mod:`fastmtl.reference` otherwise. Fake (meta)
+kernels are registered here so that every op traces under ``torch.compile``.
+
+Streaming ops (one pass over ``J``):
+
+- :func:`gram`: :math:`G = J J^\top`, accumulated in float32 (float64 for float64 input).
+- :func:`combine_rows`: :math:`d = w^\top J`, optionally into / onto an existing buffer.
+
+Solver ops (batched over leading dimensions of ``G``, solved in float64, no host sync):
+
+- :func:`pcgrad_coefficients`, :func:`min_norm_weights`, :func:`cagrad_weights`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._native import native_available
+
+__all__ = [
+    "gram",
+    "combine_rows",
+    "pcgrad_coefficients",
+    "min_norm_weights",
+    "cagrad_weights",
+    "has_native_kernel",
+]
+
+
+@functools.cache
+def has_native_kernel(op: str, device_type: str) -> bool:
+    """Whether ``torch.ops.fastmtl.<op>`` has a compiled kernel for ``device_type``."""
+    if not native_available():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"fastmtl::{op}", key
+    )
+
+
+def gram(J: Tensor) -> Tensor:
+    r"""Gram matrix :math:`G = J J^\top` of ``J`` ``[T, P]`` in one streaming pass.
+
+    ``J`` must have unit stride along ``P`` (rows may be strided). The result is float32
+    for float16/bfloat16/float32 input and float64 for float64 input.
+    """
+    if has_native_kernel("gram", J.device.type):
+        return torch.ops.fastmtl.gram(J)
+    return reference.gram(J)
+
+
+def combine_rows(
+    w: Tensor, J: Tensor, *, out: Tensor | None = None, accumulate: bool = False
+) -> Tensor:
+    r"""Combination :math:`d = w^\top J` of the rows of ``J`` ``[T, P]``.
+
+    With ``out`` (``P`` contiguous elements of ``J``'s dtype) the result is written into it,
+    or added to it with ``accumulate=True``, and nothing of size ``P`` is allocated.
+    Accumulates in float32 (float64 for float64 input).
+    """
+    native = has_native_kernel("combine_rows", J.device.type)
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs an `out` tensor to add to")
+        return torch.ops.fastmtl.combine_rows(w, J) if native else reference.combine_rows(w, J)
+    if native:
+        torch.ops.fastmtl.combine_rows_out(w, J, out, accumulate)
+    else:
+        d = reference.combine_rows(w, J).view(out.shape)
+        out.add_(d) if accumulate else out.copy_(d)
+    return out
+
+
+def pcgrad_coefficients(
+    G: Tensor, order: Tensor, *, include_self: bool = True, eps: float = 0.0,
+    eps_on_norm: bool = False,
+) -> Tensor:
+    """PCGrad coefficients ``C`` with ``pc = C @ J``.
+
+    See :func:`fastmtl.reference.pcgrad_coefficients` for the rule.
+    """
+    if has_native_kernel("pcgrad_coefficients", G.device.type):
+        return torch.ops.fastmtl.pcgrad_coefficients(G, order, include_self, eps, eps_on_norm)
+    return reference.pcgrad_coefficients(G, order, include_self, eps, eps_on_norm)
+
+
+def default_max_iter(T: int) -> int:
+    """Iteration cap of the min-norm solver: Wolfe's algorithm is finite, typically ~2T steps."""
+    return 50 * T + 100
+
+
+def min_norm_weights(
+    G: Tensor, *, max_iter: int | None = None, tol: float = 1e-14
+) -> tuple[Tensor, Tensor]:
+    r"""Exact min-norm point of the convex hull of the rows, from ``G`` ``[..., T, T]``.
+
+    Returns ``(w, converged)``: ``w`` on the simplex minimising :math:`w^\top G w`, and a
+    boolean flag per problem. ``tol`` is Wolfe's optimality tolerance relative to
+    :math:`\max_i \|g_i\|^2`.
+    """
+    max_iter = default_max_iter(G.shape[-1]) if max_iter is None else max_iter
+    if has_native_kernel("min_norm_weights", G.device.type):
+        return torch.ops.fastmtl.min_norm_weights(G, max_iter, tol)
+    return reference.min_norm_weights(G, max_iter, tol)
+
+
+def cagrad_weights(
+    G: Tensor, c: float, rescale: int, *, max_outer: int = 100, max_inner: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""CAGrad weights from ``G`` ``[..., T, T]``: ``(weights, w_star, converged)``.
+
+    ``weights`` give the direction :math:`d = \sum_i \text{weights}_i g_i
+    = (g_0 + \lambda g_{w^*}) / s`; ``w_star`` is the dual solution on the simplex.
+    """
+    max_inner = default_max_iter(G.shape[-1]) if max_inner is None else max_inner
+    if has_native_kernel("cagrad_weights", G.device.type):
+        return torch.ops.fastmtl.cagrad_weights(G, c, rescale, max_outer, max_inner)
+    return reference.cagrad_weights(G, c, rescale, max_outer, max_inner)
+
+
+if native_available():
+
+    @torch.library.register_fake("fastmtl::gram")
+    def _gram_fake(J: Tensor) -> Tensor:
+        torch._check(J.dim() == 2, lambda: "J must be 2-D [T, P]")
+        return J.new_empty((J.shape[0], J.shape[0]), dtype=reference.gram_dtype(J.dtype))
+
+    @torch.library.register_fake("fastmtl::combine_rows")
+    def _combine_rows_fake(w: Tensor, J: Tensor) -> Tensor:
+        torch._check(J.dim() == 2, lambda: "J must be 2-D [T, P]")
+        return J.new_empty((J.shape[1],))
+
+    @torch.library.register_fake("fastmtl::combine_rows_out")
+    def _combine_rows_out_fake(w: Tensor, J: Tensor, out: Tensor, accumulate: bool = False):
+        return None
+
+    @torch.library.register_fake("fastmtl::pcgrad_coefficients")
+    def _pcgrad_fake(G, order, include_self=True, eps=0.0, eps_on_norm=False):
+        return torch.empty_like(G)
+
+    @torch.library.register_fake("fastmtl::min_norm_weights")
+    def _min_norm_fake(G, max_iter, tol):
+        return G.new_empty(G.shape[:-1]), G.new_empty(G.shape[:-2], dtype=torch.bool)
+
+    @torch.library.register_fake("fastmtl::cagrad_weights")
+    def _cagrad_fake(G, c, rescale, max_outer, max_inner):
+        w = G.new_empty(G.shape[:-1])
+        return w, torch.empty_like(w), G.new_empty(G.shape[:-2], dtype=torch.bool)
