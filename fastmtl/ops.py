@@ -16,8 +16,6 @@ Solver ops (batched over leading dimensions of ``G``, solved in float64, no host
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -34,15 +32,26 @@ __all__ = [
 ]
 
 
-@functools.cache
+_OPS = ("gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights")
+
+
+def _registered_kernels() -> frozenset[tuple[str, str]]:
+    # Looked up once at import: a plain set lookup is traceable by torch.compile.
+    if not native_available():
+        return frozenset()
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return frozenset(
+        (op, device) for op in _OPS for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if has(f"fastmtl::{op}", key)
+    )
+
+
+_KERNELS = _registered_kernels()
+
+
 def has_native_kernel(op: str, device_type: str) -> bool:
     """Whether ``torch.ops.fastmtl.<op>`` has a compiled kernel for ``device_type``."""
-    if not native_available():
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        f"fastmtl::{op}", key
-    )
+    return (op, device_type) in _KERNELS
 
 
 def gram(J: Tensor) -> Tensor:

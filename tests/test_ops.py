@@ -1,0 +1,137 @@
+"""Native ops against their pure-PyTorch references, and torch.library.opcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FLOAT_DTYPES
+
+import fastmtl
+from fastmtl import ops, reference
+
+pytestmark = pytest.mark.skipif(not fastmtl.native_available(), reason="needs fastmtl._C")
+
+# Relative accuracy of the float32 accumulation over P = a few thousand elements.
+GRAM_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5}
+
+
+def _matrix(T, P, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(T, P, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("T,P", [(1, 1), (2, 7), (3, 1000), (10, 4099), (17, 333), (40, 2048)])
+def test_gram_matches_reference(T, P, dtype, device):
+    J = _matrix(T, P, dtype, device)
+    G = ops.gram(J)
+    assert G.dtype == reference.gram_dtype(dtype) and G.shape == (T, T)
+    expected = reference.gram(J).double()
+    scale = float(expected.diagonal().max())
+    torch.testing.assert_close(G.double(), expected, rtol=0, atol=GRAM_RTOL[dtype] * scale)
+    assert torch.equal(G, G.T)
+
+
+def test_gram_strided_rows(device):
+    big = _matrix(6, 500, torch.float32, device)
+    J = big[::2, 10:400]  # rows 2 apart, unit stride along P
+    torch.testing.assert_close(ops.gram(J).double(), reference.gram(J.contiguous()).double(),
+                               rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("T,P", [(1, 5), (3, 1000), (10, 4099), (40, 777)])
+def test_combine_rows_matches_reference(T, P, dtype, device):
+    J = _matrix(T, P, dtype, device)
+    w = torch.randn(T, dtype=torch.float64, device=device)
+    d = ops.combine_rows(w, J)
+    assert d.dtype == dtype and d.shape == (P,)
+    expected = reference.combine_rows(w, J)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
+    torch.testing.assert_close(d.double(), expected.double(), rtol=tol, atol=tol)
+
+
+def test_combine_rows_out_and_accumulate(device):
+    J = _matrix(4, 300, torch.float64, device)
+    w = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64, device=device)
+    out = torch.full((300,), 7.0, dtype=torch.float64, device=device)
+    ptr = out.data_ptr()
+    ops.combine_rows(w, J, out=out)
+    torch.testing.assert_close(out, w @ J)
+    ops.combine_rows(w, J, out=out, accumulate=True)
+    torch.testing.assert_close(out, 2 * (w @ J))
+    assert out.data_ptr() == ptr
+
+
+def _random_grams(batch, T, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    J = torch.randn(*batch, T, 2 * T + 3, generator=g, dtype=torch.float64)
+    J = J * torch.exp(torch.randn(*batch, T, 1, generator=g, dtype=torch.float64))
+    return (J @ J.transpose(-1, -2)).to(device)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 12])
+def test_min_norm_matches_reference(T, device):
+    G = _random_grams((3,), T, device)
+    w, ok = ops.min_norm_weights(G)
+    w_ref, _ = reference.min_norm_weights(G.cpu(), 1000, 1e-14)
+    assert ok.all() and w.shape == (3, T)
+    # The min-norm point (w^T G w) is unique even where w is not.
+    q = torch.einsum("bi,bij,bj->b", w.cpu(), G.cpu(), w.cpu())
+    q_ref = torch.einsum("bi,bij,bj->b", w_ref, G.cpu(), w_ref)
+    torch.testing.assert_close(q, q_ref, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(w.sum(-1).cpu(), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("T", [2, 5, 12])
+def test_cagrad_matches_reference(T, device):
+    G = _random_grams((2,), T, device, seed=1)
+    weights, w_star, ok = ops.cagrad_weights(G, 0.4, 1)
+    expected, _, _ = reference.cagrad_weights(G.cpu(), 0.4, 1, 100, 1000)
+    assert ok.all()
+    torch.testing.assert_close(weights.cpu(), expected, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("include_self,eps,eps_on_norm", [(True, 0.0, False), (False, 1e-8, True)])
+def test_pcgrad_coefficients_match_reference(include_self, eps, eps_on_norm, device):
+    G = _random_grams((2,), 6, device, seed=2)
+    order = torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(3)).argsort(-1)
+    C = ops.pcgrad_coefficients(G, order.to(device), include_self=include_self, eps=eps,
+                                eps_on_norm=eps_on_norm)
+    expected = reference.pcgrad_coefficients(G.cpu(), order, include_self, eps, eps_on_norm)
+    torch.testing.assert_close(C.cpu(), expected, rtol=1e-12, atol=1e-12)
+
+
+# ---- opcheck: schemas, fake kernels, autograd registration, dispatch -------------------
+
+
+def _opcheck(op, args):
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor",
+                                                "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_opcheck_streaming(dtype, device):
+    J = _matrix(3, 257, dtype, device)
+    w = torch.rand(3, dtype=torch.float64, device=device)
+    _opcheck(torch.ops.fastmtl.gram.default, (J,))
+    _opcheck(torch.ops.fastmtl.combine_rows.default, (w, J))
+    out = torch.empty(257, dtype=dtype, device=device)
+    _opcheck(torch.ops.fastmtl.combine_rows_out.default, (w, J, out, False))
+
+
+def test_opcheck_solvers(device):
+    G = _random_grams((2,), 4, device)
+    order = torch.arange(4, device=device).expand(2, 4, 4).contiguous()
+    _opcheck(torch.ops.fastmtl.pcgrad_coefficients.default, (G, order, True, 0.0, False))
+    _opcheck(torch.ops.fastmtl.min_norm_weights.default, (G, 300, 1e-14))
+    _opcheck(torch.ops.fastmtl.cagrad_weights.default, (G, 0.4, 1, 100, 300))
+
+
+def test_native_op_errors_are_value_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        torch.ops.fastmtl.gram(torch.zeros(3))
+    with pytest.raises(ValueError, match="w must have shape"):
+        torch.ops.fastmtl.combine_rows(torch.zeros(2, dtype=torch.float64), torch.zeros(3, 4))
+    with pytest.raises(TypeError, match="float64"):
+        torch.ops.fastmtl.min_norm_weights(torch.eye(3), 10, 1e-14)
