@@ -37,6 +37,25 @@ def _cuda_library_includes() -> list[str]:
     return sorted(glob.glob(str(site / "nvidia" / "cu*" / "include")))
 
 
+def _link_cudart(ext) -> None:
+    # Build machines may have nvcc without an unversioned libcudart.so to link against;
+    # PyTorch's CUDA wheels bring libcudart.so.<major>, which torch itself loads at run time.
+    site = Path(torch.__file__).resolve().parent.parent
+    candidates = [Path(CUDA_HOME or "/usr/local/cuda") / d for d in ("lib64", "lib")]
+    candidates += [Path(p) for p in sorted(glob.glob(str(site / "nvidia" / "cu*" / "lib")))]
+    candidates += [Path("/usr/local/cuda/lib64")]
+    for folder in candidates:
+        if (folder / "libcudart.so").exists():
+            ext.library_dirs.append(str(folder))
+            return
+        versioned = sorted(folder.glob("libcudart.so.*"))
+        if versioned:
+            ext.library_dirs.append(str(folder))
+            ext.libraries = [f":{versioned[0].name}" if lib == "cudart" else lib
+                             for lib in ext.libraries]
+            return
+
+
 def _extension():
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))]
     sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cpu").glob("*.cpp"))]
@@ -51,13 +70,15 @@ def _extension():
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cu"))]
-    return CUDAExtension(
+    ext = CUDAExtension(
         "fastmtl._C",
         sources,
         include_dirs=include_dirs + _cuda_library_includes(),
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         extra_link_args=link_flags,
     )
+    _link_cudart(ext)
+    return ext
 
 
 setup(

@@ -20,6 +20,35 @@
 namespace fastmtl {
 namespace solvers {
 
+// Dot products with four partial sums: a single running sum would serialise every
+// multiply-add on the adder's latency, which dominates these small solves.
+FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  int k = 0;
+  for (; k + 4 <= n; k += 4) {
+    s0 += a[k] * b[k];
+    s1 += a[k + 1] * b[k + 1];
+    s2 += a[k + 2] * b[k + 2];
+    s3 += a[k + 3] * b[k + 3];
+  }
+  for (; k < n; ++k) s0 += a[k] * b[k];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// sum_p a[idx[p]] * b[p]
+FASTMTL_HD inline double gather_dot(const double* a, const int* idx, const double* b, int n) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  int k = 0;
+  for (; k + 4 <= n; k += 4) {
+    s0 += a[idx[k]] * b[k];
+    s1 += a[idx[k + 1]] * b[k + 1];
+    s2 += a[idx[k + 2]] * b[k + 2];
+    s3 += a[idx[k + 3]] * b[k + 3];
+  }
+  for (; k < n; ++k) s0 += a[idx[k]] * b[k];
+  return (s0 + s1) + (s2 + s3);
+}
+
 FASTMTL_HD inline double max_diagonal(const double* G, int T) {
   double m = 0.0;
   for (int i = 0; i < T; ++i) m = fmax(m, G[(int64_t)i * T + i]);
@@ -48,9 +77,8 @@ FASTMTL_HD inline void pcgrad_coefficients(const double* G, int T, const int64_t
       const int j = (int)visit[k];
       if (j < 0 || j >= T || (!include_self && j == i)) continue;
       const double* gj = G + (int64_t)j * T;  // G is symmetric: row j == column j
-      double dot = 0.0;
-      for (int m = 0; m < T; ++m) dot += c[m] * gj[m];
-      if (!(dot < 0.0)) continue;
+      const double pg = dot(c, gj, T);
+      if (!(pg < 0.0)) continue;
       const double gjj = gj[j];
       double denom;
       if (eps_on_norm) {
@@ -59,7 +87,7 @@ FASTMTL_HD inline void pcgrad_coefficients(const double* G, int T, const int64_t
       } else {
         denom = gjj + eps;
       }
-      if (denom > 0.0) c[j] -= dot / denom;
+      if (denom > 0.0) c[j] -= pg / denom;
     }
   }
 }
@@ -102,11 +130,10 @@ FASTMTL_HD inline bool chol_append(const double* G, int T, double shift, MinNorm
                                    int j, double rel_tol) {
   double* row = w.L + (int64_t)s * T;
   double sq = 0.0;
+  const double* gj = G + (int64_t)j * T;
   for (int p = 0; p < s; ++p) {
-    double v = G[(int64_t)w.S[p] * T + j] + shift;
     const double* Lp = w.L + (int64_t)p * T;
-    for (int q = 0; q < p; ++q) v -= Lp[q] * row[q];
-    v /= Lp[p];
+    const double v = (gj[w.S[p]] + shift - dot(Lp, row, p)) / Lp[p];
     row[p] = v;
     sq += v * v;
   }
@@ -154,14 +181,13 @@ FASTMTL_HD inline void affine_minimiser(int T, MinNormWork& w, int s) {
   double* a = w.alpha;
   for (int p = 0; p < s; ++p) {
     const double* Lp = w.L + (int64_t)p * T;
-    double v = 1.0;
-    for (int q = 0; q < p; ++q) v -= Lp[q] * a[q];
-    a[p] = v / Lp[p];
+    a[p] = (1.0 - dot(Lp, a, p)) / Lp[p];
   }
-  for (int p = s - 1; p >= 0; --p) {
-    double v = a[p];
-    for (int q = p + 1; q < s; ++q) v -= w.L[(int64_t)q * T + p] * a[q];
-    a[p] = v / w.L[(int64_t)p * T + p];
+  // L^T a = y by columns of L^T (rows of L): independent updates, contiguous reads.
+  for (int q = s - 1; q >= 0; --q) {
+    const double* Lq = w.L + (int64_t)q * T;
+    a[q] /= Lq[q];
+    for (int p = 0; p < q; ++p) a[p] -= Lq[p] * a[q];
   }
   double total = 0.0;
   for (int p = 0; p < s; ++p) total += a[p];
@@ -256,12 +282,7 @@ FASTMTL_HD inline bool min_norm_point(const double* G, int T, const double* w_in
 
     // Major cycle: is there a point beyond the supporting hyperplane at x?
     double xx = 0.0;
-    for (int k = 0; k < T; ++k) {
-      const double* gk = G + (int64_t)k * T;
-      double v = 0.0;
-      for (int p = 0; p < s; ++p) v += gk[w.S[p]] * w.lam[p];
-      w.Gx[k] = v;
-    }
+    for (int k = 0; k < T; ++k) w.Gx[k] = gather_dot(G + (int64_t)k * T, w.S, w.lam, s);
     for (int p = 0; p < s; ++p) xx += w.lam[p] * w.Gx[w.S[p]];
     int j = -1;
     for (int k = 0; k < T; ++k)
@@ -300,12 +321,53 @@ FASTMTL_HD inline int64_t cagrad_work_ints(int T) { return min_norm_work_ints(T)
 
 FASTMTL_HD inline double quadratic_form(const double* G, int T, const double* w) {
   double q = 0.0;
-  for (int i = 0; i < T; ++i) {
-    double v = 0.0;
-    for (int j = 0; j < T; ++j) v += G[(int64_t)i * T + j] * w[j];
-    q += w[i] * v;
-  }
+  for (int i = 0; i < T; ++i) q += w[i] * dot(G + (int64_t)i * T, w, T);
   return q;
+}
+
+// Solves M_S x = rhs in place with the factor in w (M_S = L L^T).
+FASTMTL_HD inline void chol_solve(int T, const MinNormWork& w, int s, double* x) {
+  for (int p = 0; p < s; ++p) {
+    const double* Lp = w.L + (int64_t)p * T;
+    x[p] = (x[p] - dot(Lp, x, p)) / Lp[p];
+  }
+  for (int q = s - 1; q >= 0; --q) {
+    const double* Lq = w.L + (int64_t)q * T;
+    x[q] /= Lq[q];
+    for (int p = 0; p < q; ++p) x[p] -= Lq[p] * x[q];
+  }
+}
+
+// The CAGrad root beta* = ||g_w*|| / kappa if the optimum has the support of w (a guess).
+// On a support S the KKT conditions b_S + kappa G_S w / sqrt(q) = mu 1, sum w = 1 have a
+// closed form through M_S = G_S + c 1 1^T (c = max ||g||^2): with u = M_S^{-1} 1,
+// v = M_S^{-1} b_S, A = 1.u, B = 1.v, C = b_S.v,
+//   beta*^2 = (1/A - c) / (kappa^2 - C + B^2/A).
+// Returns -1 when S is not affinely independent or the formula has no root.
+FASTMTL_HD inline double cagrad_support_root(const double* G, int T, const double* b,
+                                             double kappa, double scale, const double* w_guess,
+                                             double* dwork, int* iwork) {
+  MinNormWork w(dwork, iwork, T);
+  const int s = corral_from(G, T, scale, w, w_guess);
+  if (s == 0) return -1.0;
+  double* u = w.alpha;
+  double* v = w.Gx;
+  for (int p = 0; p < s; ++p) {
+    u[p] = 1.0;
+    v[p] = b[w.S[p]];
+  }
+  chol_solve(T, w, s, u);
+  chol_solve(T, w, s, v);
+  double A = 0.0, B = 0.0, C = 0.0;
+  for (int p = 0; p < s; ++p) {
+    A += u[p];
+    B += v[p];
+    C += b[w.S[p]] * v[p];
+  }
+  if (!(A > 0.0)) return -1.0;
+  const double num = 1.0 / A - scale, den = kappa * kappa - C + B * B / A;
+  if (!(num > 0.0) || !(den > 0.0)) return -1.0;
+  return sqrt(num / den);
 }
 
 // Writes w* (the dual solution) and weights = (1/T + lambda w*) / s, with
@@ -387,7 +449,9 @@ FASTMTL_HD inline bool cagrad_weights(const double* G, int T, double c, int resc
   if (!(f_hi > 0.0)) f_hi = 1e-300;  // kappa*hi >= max||g|| >= sqrt(q): only rounding lands here
   int side = 0;
   for (int it = 0; it < max_outer; ++it) {
-    double beta = (lo * f_hi - hi * f_lo) / (f_hi - f_lo);
+    // Exact root for the support of the latest inner solution; regula falsi otherwise.
+    double beta = cagrad_support_root(G, T, b, kappa, scale, w_try, inner, iwork);
+    if (!(beta > lo && beta < hi)) beta = (lo * f_hi - hi * f_lo) / (f_hi - f_lo);
     if (!(beta > lo && beta < hi)) beta = 0.5 * (lo + hi);
     const double f = phi(beta);
     if (f > 0.0) {
@@ -403,7 +467,7 @@ FASTMTL_HD inline bool cagrad_weights(const double* G, int T, double c, int resc
     } else {
       break;
     }
-    if (hi - lo <= 1e-15 * hi || best_abs_phi <= 1e-15 * sqrt(scale)) break;
+    if (hi - lo <= 1e-14 * hi || best_abs_phi <= 1e-14 * sqrt(scale)) break;
     if (it == max_outer - 1) converged = false;
   }
   const double gw = sqrt(fmax(quadratic_form(G, T, w_best), 0.0));
