@@ -115,7 +115,8 @@ def test_documented_degenerate_outputs(method):
     for J in (zero, opposite, same, wide):
         d = fastmtl.combine(J, _fixed(method, J.shape[0]))
         assert torch.isfinite(d).all()
-    assert torch.equal(fastmtl.combine(zero, _fixed(method, 3)), torch.zeros(4, dtype=torch.float64))
+    zero_direction = fastmtl.combine(zero, _fixed(method, 3))
+    assert torch.equal(zero_direction, torch.zeros(4, dtype=torch.float64))
     # opposite gradients: every method returns 0 (no direction helps both tasks)
     torch.testing.assert_close(fastmtl.combine(opposite, _fixed(method, 2)),
                                torch.zeros(3, dtype=torch.float64))

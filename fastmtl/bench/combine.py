@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 
@@ -42,6 +43,8 @@ class CombineRow:
     device: str
     sum_ms: float
     ratios: dict[str, float] = field(default_factory=dict)
+    #: achieved read bandwidth (bytes of J / time) of J.sum(), gram and combine_rows
+    bandwidth_gbps: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,31 +103,39 @@ def bench_combine(
     log: Callable[[str], None] = print,
 ) -> list[CombineRow]:
     """Times gram, J @ J.T and every method's combine (with and without ``out=``)."""
-    dev = torch.device(device)
     agg = _torchjd() if with_peers else None
     rows = []
     for P in Ps:
         for T in Ts:
-            J = torch.randn(T, P, device=dev, dtype=dtype)
-            out = torch.empty(P, device=dev, dtype=dtype)
-            t_sum = time_call(lambda: J.sum(), dev, repeats)
-            row = CombineRow(T, P, str(dtype).replace("torch.", ""), device, t_sum * 1e3)
-            row.ratios["gram"] = time_call(lambda: ops.gram(J), dev, repeats) / t_sum
-            row.ratios["J @ J.T"] = time_call(lambda: J @ J.T, dev, repeats) / t_sum
-            for m in methods:
-                comb = _fixed_order_combiner(m, T)
-                row.ratios[f"{m} out="] = time_call(lambda: comb(J, out=out), dev, repeats) / t_sum
-                row.ratios[m] = time_call(lambda: comb(J), dev, repeats) / t_sum
-                if agg is not None and m in TORCHJD_MATCH:
-                    peer = _make_peer(agg, TORCHJD_MATCH[m][0], TORCHJD_MATCH[m][2])
-                    if peer is not None:
-                        row.ratios[f"torchjd {m}"] = (
-                            time_call(lambda: peer(J), dev, max(1, repeats // 2)) / t_sum
-                        )
-            rows.append(row)
+            rows.append(_bench_one(T, P, torch.device(device), dtype, repeats, methods, agg))
             log(f"  T={T:<3d} P={P:<9d} done")
-            del J, out
     return rows
+
+
+def _bench_one(T: int, P: int, dev: torch.device, dtype: torch.dtype, repeats: int,
+               methods: tuple[str, ...], agg) -> CombineRow:
+    J = torch.randn(T, P, device=dev, dtype=dtype)
+    out = torch.empty(P, device=dev, dtype=dtype)
+    t_sum = time_call(lambda: J.sum(), dev, repeats)
+    row = CombineRow(T, P, str(dtype).replace("torch.", ""), dev.type, t_sum * 1e3)
+    t_gram = time_call(lambda: ops.gram(J), dev, repeats)
+    w = torch.rand(T, device=dev, dtype=torch.float64)
+    t_rows = time_call(lambda: ops.combine_rows(w, J, out=out), dev, repeats)
+    row.ratios["gram"] = t_gram / t_sum
+    row.ratios["combine_rows"] = t_rows / t_sum
+    row.ratios["J @ J.T"] = time_call(lambda: J @ J.T, dev, repeats) / t_sum
+    gigabytes = J.numel() * J.element_size() / 1e9
+    row.bandwidth_gbps = {"J.sum": gigabytes / t_sum, "gram": gigabytes / t_gram,
+                          "combine_rows": gigabytes / t_rows}
+    for m in methods:
+        comb = _fixed_order_combiner(m, T)
+        row.ratios[f"{m} out="] = time_call(partial(comb, J, out=out), dev, repeats) / t_sum
+        row.ratios[m] = time_call(partial(comb, J), dev, repeats) / t_sum
+        peer = _make_peer(agg, TORCHJD_MATCH[m][0], TORCHJD_MATCH[m][2]) if agg else None
+        if peer is not None:
+            t_peer = time_call(partial(peer, J), dev, max(1, repeats // 2))
+            row.ratios[f"torchjd {m}"] = t_peer / t_sum
+    return row
 
 
 def _make_peer(agg, name: str, kwargs: dict):
@@ -150,14 +161,12 @@ def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = 
         if m in ("mean", "sum"):
             continue
         comb = make_combiner(m)
-        gen = torch.Generator().manual_seed(0)
-        t = time_call(lambda: comb.weights(G, generator=gen), cpu, repeats)
-        row = SolverRow(m, T, t * 1e3)
-        if agg is not None:
-            peer = _make_peer(agg, TORCHJD_MATCH[m][1], TORCHJD_MATCH[m][2])
-            if peer is not None:
-                row.torchjd_ms = time_call(lambda: peer(G), cpu, max(1, repeats // 2),
-                                           budget_s=10.0) * 1e3
+        weights = partial(comb.weights, G, generator=torch.Generator().manual_seed(0))
+        row = SolverRow(m, T, time_call(weights, cpu, repeats) * 1e3)
+        peer = _make_peer(agg, TORCHJD_MATCH[m][1], TORCHJD_MATCH[m][2]) if agg else None
+        if peer is not None:
+            t_peer = time_call(partial(peer, G), cpu, max(1, repeats // 2), budget_s=10.0)
+            row.torchjd_ms = t_peer * 1e3
         rows.append(row)
     return rows
 
@@ -172,6 +181,7 @@ def format_combine_table(rows: list[CombineRow]) -> str:
 
     for r in rows:
         lines.append(f"{r.T:>4} {r.P:>10}  {'gram':<8} {cell(r.ratios['gram'], 7)}")
+        lines.append(f"{r.T:>4} {r.P:>10}  {'rows':<8} {cell(r.ratios['combine_rows'], 7)}")
         lines.append(f"{r.T:>4} {r.P:>10}  {'J @ J.T':<8} {cell(r.ratios['J @ J.T'], 7)}")
         for m in METHODS:
             if m not in r.ratios:
@@ -227,6 +237,11 @@ def run(args) -> dict:
                          with_peers=not args.no_peers)
     print()
     print(format_combine_table(rows))
+    print("\n(gram, rows: the ops alone; out=: combine into a preallocated buffer; alloc: "
+          "a fresh output;\n torchjd: its matching aggregator, when installed)")
+    for r in rows:
+        bw = ", ".join(f"{k} {v:.1f}" for k, v in r.bandwidth_gbps.items())
+        print(f"  T={r.T} P={r.P}: read bandwidth GB/s: {bw}")
     solver_rows = bench_solvers(solver_T, repeats=repeats, with_peers=not args.no_peers)
     print()
     print(f"solver alone, combiner.weights(G), float64 G of T={solver_T} on CPU")
