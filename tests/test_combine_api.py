@@ -179,3 +179,15 @@ def test_state_dict_round_trip_and_repr():
     assert pc.state_dict() == {}  # stateless
     pc.reset()
     assert math.isclose(fastmtl.CAGrad(c=0.3).c, 0.3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pure_pytorch_fallback_matches_native(method, monkeypatch):
+    # Without the compiled kernels every op falls back to fastmtl.reference.
+    J = _grads(T=4, shape=(30,), seed=11)
+    opts = {"order": [3, 1, 0, 2]} if method == "pcgrad" else {}
+    native = fastmtl.combine(J, method, **opts)
+    monkeypatch.setattr(fastmtl.ops, "_KERNELS", frozenset())
+    assert not fastmtl.ops.has_native_kernel("gram", "cpu")
+    fallback = fastmtl.combine(J, method, **opts)
+    torch.testing.assert_close(fallback, native, rtol=1e-9, atol=1e-12)

@@ -145,15 +145,21 @@ def _make_peer(agg, name: str, kwargs: dict):
         return None
 
 
+def solver_gram(T: int, seed: int = 0, P: int = 512) -> torch.Tensor:
+    """A float64 Gram matrix of T mixed conflicting/aligned gradients, as in the golden
+    values' random cases: g_t = s_t (a_t z0 + n_t), a_t ~ U(-1, 2), s_t = exp(N(0, 1/4))."""
+    g = torch.Generator().manual_seed(seed)
+    z0 = torch.randn(1, P, generator=g, dtype=torch.float64)
+    a = torch.rand(T, 1, generator=g, dtype=torch.float64) * 3 - 1
+    s = torch.exp(0.5 * torch.randn(T, 1, generator=g, dtype=torch.float64))
+    J = s * (a * z0 + torch.randn(T, P, generator=g, dtype=torch.float64))
+    return J @ J.T
+
+
 def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = METHODS,
                   with_peers: bool = True, seed: int = 0) -> list[SolverRow]:
     """``combiner.weights(G)`` against TorchJD's ``*Weighting`` on the same float64 G."""
-    g = torch.Generator().manual_seed(seed)
-    z0 = torch.randn(1, 512, generator=g, dtype=torch.float64)
-    a = torch.rand(T, 1, generator=g, dtype=torch.float64) * 3 - 1
-    s = torch.exp(0.5 * torch.randn(T, 1, generator=g, dtype=torch.float64))
-    J = s * (a * z0 + torch.randn(T, 512, generator=g, dtype=torch.float64))
-    G = J @ J.T
+    G = solver_gram(T, seed)
     cpu = torch.device("cpu")
     agg = _torchjd() if with_peers else None
     rows = []

@@ -1,0 +1,38 @@
+"""The command line, end to end on tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastmtl.cli import build_parser, main
+
+
+def test_bench_combine_tiny(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["bench", "combine", "--T", "2,3", "--P", "5000", "--repeats", "1",
+                 "--no-peers", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("gram", "mean", "sum", "pcgrad", "mgda", "cagrad", "speed-up"):
+        assert name in text
+    data = json.loads(out.read_text())
+    assert [r["T"] for r in data["combine"]] == [2, 3]
+    assert all(r["ratios"]["gram"] > 0 for r in data["combine"])
+    assert {r["method"] for r in data["solvers"]} == {"pcgrad", "mgda", "cagrad"}
+    assert data["environment"]["torch"]
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "fastmtl", "--help"], capture_output=True,
+                          text=True, check=True)
+    assert "bench" in proc.stdout
+
+
+def test_bad_arguments_exit_with_usage():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "combine", "--T", "a,b"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench"])
