@@ -72,6 +72,16 @@ def test_bad_out(out, exc, match):
         fastmtl.combine(J, "mgda", out=out)
 
 
+def test_mixed_devices_meta():
+    # The meta device stands in for a second device on machines without a GPU.
+    with pytest.raises(ValueError, match=r"grads\[1\] is on meta"):
+        fastmtl.combine([torch.ones(3), torch.ones(3, device="meta")], "mean")
+    with pytest.raises(ValueError, match="out must be on the gradients' device cpu"):
+        fastmtl.combine(J, "mean", out=torch.zeros(5, dtype=torch.float64, device="meta"))
+    with pytest.raises(ValueError, match="w and J must be on the same device"):
+        torch.ops.fastmtl.combine_rows(torch.ones(3, dtype=torch.float64, device="meta"), J)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_mixed_devices():
     with pytest.raises(ValueError, match=r"grads\[1\] is on"):

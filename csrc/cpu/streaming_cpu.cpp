@@ -225,7 +225,7 @@ inline void prefetch_next(const S* base, int64_t ld, int T, int64_t col, int64_t
 
 // Column-block width: about 64 KiB of accumulator-typed data per block.
 int64_t block_width(int64_t T, size_t elem) {
-  const int64_t w = (int64_t)(65536 / (T * (int64_t)elem)) & ~int64_t(63);
+  const int64_t w = (int64_t)(131072 / (T * (int64_t)elem)) & ~int64_t(63);
   return std::clamp<int64_t>(w, 256, 8192);
 }
 
