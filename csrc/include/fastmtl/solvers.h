@@ -161,12 +161,13 @@ FASTMTL_HD inline void chol_remove(int T, MinNormWork& w, int s, int p, double* 
     double* Lk = w.L + (int64_t)(p + k) * T;
     const double lkk = Lk[p + k];
     const double r = sqrt(lkk * lkk + x[k] * x[k]);
-    const double cth = r / lkk, sth = x[k] / lkk;
+    const double cth = r / lkk, sth = x[k] / lkk, inv_c = lkk / r;
     Lk[p + k] = r;
-    for (int i = k + 1; i < n; ++i) {
+    for (int i = k + 1; i < n; ++i) {  // independent across i: no serial chain
       double* Li = w.L + (int64_t)(p + i) * T;
-      Li[p + k] = (Li[p + k] + sth * x[i]) / cth;
-      x[i] = cth * x[i] - sth * Li[p + k];
+      const double l = (Li[p + k] + sth * x[i]) * inv_c;
+      Li[p + k] = l;
+      x[i] = cth * x[i] - sth * l;
     }
   }
   w.in_S[w.S[p]] = 0;
@@ -445,24 +446,38 @@ FASTMTL_HD inline bool cagrad_weights(const double* G, int T, double c, int resc
   }
   // Forget phi(0) = 0 when 0 lies in the hull: it is not the root we want.
   have_best = false;
-  double f_hi = phi(hi);
-  if (!(f_hi > 0.0)) f_hi = 1e-300;  // kappa*hi >= max||g|| >= sqrt(q): only rounding lands here
+  // phi(hi) > 0 is known (kappa hi >= max||g|| >= sqrt(q)); it is evaluated only if the
+  // support steps leave the bracket and regula falsi needs its value.
+  double f_hi = 0.0;
+  bool have_f_hi = false;
   int side = 0;
   for (int it = 0; it < max_outer; ++it) {
     // Exact root for the support of the latest inner solution; regula falsi otherwise.
     double beta = cagrad_support_root(G, T, b, kappa, scale, w_try, inner, iwork);
-    if (!(beta > lo && beta < hi)) beta = (lo * f_hi - hi * f_lo) / (f_hi - f_lo);
-    if (!(beta > lo && beta < hi)) beta = 0.5 * (lo + hi);
+    if (!(beta > lo && beta < hi)) {
+      if (!have_f_hi) {
+        beta = hi;
+      } else {
+        beta = (lo * f_hi - hi * f_lo) / (f_hi - f_lo);
+        if (!(beta > lo && beta < hi)) beta = 0.5 * (lo + hi);
+      }
+    }
     const double f = phi(beta);
+    if (beta == hi) {
+      f_hi = f > 0.0 ? f : 1e-300;  // only rounding can make it non-positive
+      have_f_hi = true;
+      continue;
+    }
     if (f > 0.0) {
       hi = beta;
       f_hi = f;
+      have_f_hi = true;
       if (side == 1) f_lo *= 0.5;
       side = 1;
     } else if (f < 0.0) {
       lo = beta;
       f_lo = f;
-      if (side == -1) f_hi *= 0.5;
+      if (side == -1 && have_f_hi) f_hi *= 0.5;
       side = -1;
     } else {
       break;
