@@ -106,14 +106,14 @@ FASTMTL_INLINE void gram_tile_any(int ri, int rj, const A* const* a, const A* co
 }
 
 // Adds the upper triangle of rows[] rows[]^T over n columns into G (T x T, float64).
-// The columns are walked in sub-blocks small enough that all T rows stay in L1 while
-// every tile of pairs is formed; tile sums stay in vectors until the block ends.
+// The columns are walked in sub-blocks of about 64 KiB of rows, which stay in L1/L2
+// while every tile of pairs is formed; tile sums stay in vectors until the block ends.
 template <typename A>
 FASTMTL_INLINE void gram_block_impl(const A* const* rows, int T, int64_t n, double* G) {
   constexpr int64_t W = kWidth<A>;
   const int64_t n_vec = n & ~(W - 1);
   const int64_t sub =
-      std::clamp<int64_t>((16384 / (T * (int64_t)sizeof(A))) & ~(W - 1), 8 * W, 1024);
+      std::clamp<int64_t>((65536 / (T * (int64_t)sizeof(A))) & ~(W - 1), 8 * W, 1024);
   int tiles = 0;
   for (int i0 = 0; i0 < T; i0 += kTileI) tiles += (T - i0 + kTileJ - 1) / kTileJ;
   // Plain storage (std::allocator does not promise vector alignment here).
