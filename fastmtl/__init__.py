@@ -8,6 +8,7 @@ solve the small ``T x T`` problem exactly in float64.
 from . import ops, reference
 from ._native import native_available
 from .api import combine, make_combiner
+from .autograd import BackwardResult, backward, fork
 from .combiners import (
     MGDA,
     CAGrad,
@@ -24,6 +25,9 @@ __version__ = "0.1.0"
 __all__ = [
     "combine",
     "make_combiner",
+    "backward",
+    "fork",
+    "BackwardResult",
     "available_methods",
     "native_available",
     "Combiner",

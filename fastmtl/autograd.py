@@ -172,7 +172,7 @@ def _per_task_grads(
                 is_grads_batched=True, retain_graph=True, allow_unused=True,
             )
             out = [g if g is not None else x.new_zeros((T, *x.shape))
-                   for g, x in zip(grads, inputs)]
+                   for g, x in zip(grads, inputs, strict=True)]
             return out, "batched"
         except RuntimeError as exc:
             if batched:
@@ -189,7 +189,7 @@ def _per_task_grads(
     rows: list[list[Tensor]] = [[] for _ in inputs]
     for loss in losses:
         grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-        for i, (g, x) in enumerate(zip(grads, inputs)):
+        for i, (g, x) in enumerate(zip(grads, inputs, strict=True)):
             rows[i].append(g if g is not None else torch.zeros_like(x))
     return [torch.stack(r) for r in rows], "loop"
 
@@ -226,10 +226,11 @@ def backward(
             ``"batch_sum"``: the weights are decided on gradients summed over the batch
             (dimension 0), ``[T, D]``, the convention of some libraries, then applied to the
             full per-sample gradients.
-        batched: parameter and feature gradients of all tasks in one batched backward
-            (``is_grads_batched=True``; True), a loop of ``T`` backward passes (False, the
-            default: faster on the CPU in ``fastmtl bench step``), or the batched one with a
-            reported fallback to the loop (None).
+        batched: parameter level only: the per-task gradients in one batched backward
+            (``is_grads_batched=True``; True), a loop of ``T`` backward passes with a
+            retained graph (False, the default: not slower on the CPU in
+            ``fastmtl bench step``), or the batched one with a fallback to the loop that is
+            reported once (None). The feature level always runs each head's backward once.
         check_finite: raise ``ValueError`` (before any ``.grad`` is touched) if a per-task
             gradient holds NaN or Inf.
         **options: the combiner's hyper-parameters when ``combiner`` is a name.
@@ -309,7 +310,7 @@ def _parameter_level(losses, shared, comb, generator, batched, check_finite) -> 
     # Nothing was written so far: from here on, .grad is updated.
     if heads:
         torch.autograd.backward(losses, inputs=list(heads.values()))
-    for block, p in zip(blocks, shared):
+    for block, p in zip(blocks, shared, strict=True):
         _combine_into_grad(w, block, p)
     return BackwardResult("parameter", w, G, extras, path)
 
@@ -318,10 +319,9 @@ def _feature_level(losses, zs, comb, generator, reduction, batched, check_finite
     T = len(losses)
     stop = {z.grad_fn if z.grad_fn is not None else z for z in zs}
     z_leaf_ids = {id(z) for z in zs if z.grad_fn is None}
-    head_params = []
-    for t, loss in enumerate(losses):
-        params = [p for p in _leaves_reached(loss, stop) if id(p) not in z_leaf_ids]
-        head_params.append(params)
+    head_params = [
+        [p for p in _leaves_reached(loss, stop) if id(p) not in z_leaf_ids] for loss in losses
+    ]
     z_grads: list[list[Tensor]] = [[] for _ in zs]
     head_grads: list[tuple[Tensor, Tensor]] = []
     for t, loss in enumerate(losses):
@@ -331,7 +331,8 @@ def _feature_level(losses, zs, comb, generator, reduction, batched, check_finite
             raise ValueError(f"losses[{t}] does not depend on the features")
         for i, z in enumerate(zs):
             z_grads[i].append(grads[i] if grads[i] is not None else torch.zeros_like(z))
-        head_grads += [(p, g) for p, g in zip(head_params[t], grads[len(zs):]) if g is not None]
+        own = zip(head_params[t], grads[len(zs):], strict=True)
+        head_grads += [(p, g) for p, g in own if g is not None]
     blocks = [torch.stack(g).reshape(T, -1) for g in z_grads]
     decide = blocks if reduction == "flatten" else [
         torch.stack(g).sum(1).reshape(T, -1) for g in z_grads
@@ -339,7 +340,7 @@ def _feature_level(losses, zs, comb, generator, reduction, batched, check_finite
     w, G, extras = _solve(comb, decide, losses, generator, check_finite)
     for p, g in head_grads:
         _accumulate(p, g)
-    combined = [ops.combine_rows(w, b).view_as(z) for b, z in zip(blocks, zs)]
+    combined = [ops.combine_rows(w, b).view_as(z) for b, z in zip(blocks, zs, strict=True)]
     torch.autograd.backward(zs, grad_tensors=combined)
     return BackwardResult("feature", w, G, extras, "loop")
 

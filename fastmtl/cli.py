@@ -33,21 +33,31 @@ def build_parser() -> argparse.ArgumentParser:
     combine.add_argument("--repeats", type=int, help="timed repetitions (median is reported)")
     combine.add_argument("--no-peers", action="store_true", help="skip torchjd even if installed")
     combine.add_argument("--json", help="also write the results to this JSON file")
+    step = bench_sub.add_parser(
+        "step", help="training step: plain vs feature level vs parameter level"
+    )
+    step.add_argument("--quick", action="store_true", help="a smaller model and batch")
+    step.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    step.add_argument("--json", help="also write the results to this JSON file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "bench" and args.bench == "combine":
-        if args.device.startswith("cuda"):
-            import torch
+    if args.device.startswith("cuda"):
+        import torch
 
-            if not torch.cuda.is_available():
-                print("fastmtl: --device cuda but no GPU is visible", file=sys.stderr)
-                return 2
+        if not torch.cuda.is_available():
+            print("fastmtl: --device cuda but no GPU is visible", file=sys.stderr)
+            return 2
+    if args.bench == "combine":
         from .bench import combine
 
         combine.run(args)
+    elif args.bench == "step":
+        from .bench import step
+
+        step.run(args)
     return 0
 
 

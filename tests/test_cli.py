@@ -36,3 +36,19 @@ def test_bad_arguments_exit_with_usage():
         build_parser().parse_args(["bench", "combine", "--T", "a,b"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench"])
+
+
+def test_bench_step_quick(tmp_path, capsys, monkeypatch):
+    from fastmtl.bench import step
+
+    # Keep the test fast: a tiny model, one method, one repetition.
+    original = step.bench_step
+    monkeypatch.setattr(step, "bench_step", lambda **kw: original(
+        methods=("mgda",), device=kw["device"], batch=2, size=16, width=8, repeats=1))
+    out = tmp_path / "s.json"
+    assert main(["bench", "step", "--quick", "--json", str(out)]) == 0
+    assert "parameter batched" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["steps"][0]["method"] == "mgda"
+    assert set(data["steps"][0]["ratios"]) == {"feature", "fork", "parameter loop",
+                                               "parameter batched"}

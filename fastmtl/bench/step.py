@@ -1,0 +1,141 @@
+"""Training-step benchmark: plain summed loss vs feature level vs parameter level.
+
+A ResNet-18-style encoder (basic residual blocks, widths 32-64-128-256 at a CPU-friendly
+size) with three dense heads (segmentation-like logits, depth, normals), as in the NYUv2
+setting of arXiv 2402.03557. Every time is reported as a multiple of one plain step
+(``sum(losses).backward()``) measured in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+
+from .. import autograd as fa
+from .combine import environment, time_call
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
+def resnet18_encoder(width: int = 32) -> nn.Module:
+    """ResNet-18 layout (2 basic blocks per stage, 4 stages), output stride 8."""
+    w = [width, width * 2, width * 4, width * 8]
+    layers = [nn.Conv2d(3, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU()]
+    cin = w[0]
+    for i, cout in enumerate(w):
+        stride = 1 if i in (0, 3) else 2
+        layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+def dense_heads(cin: int, outs=(13, 1, 3)) -> nn.ModuleList:
+    return nn.ModuleList(
+        nn.Sequential(nn.Conv2d(cin, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, o, 1))
+        for o in outs
+    )
+
+
+@dataclass
+class StepRow:
+    method: str
+    ratios: dict[str, float] = field(default_factory=dict)
+    peak_mb: dict[str, float] = field(default_factory=dict)
+
+
+def _losses(heads, z, zs=None):
+    return [heads[t](z if zs is None else zs[t]).pow(2).mean() for t in range(len(heads))]
+
+
+def bench_step(methods=("mean", "pcgrad", "mgda", "cagrad"), *, device="cpu", batch=8,
+               size=32, width=16, repeats=5, log=print) -> tuple[float, list[StepRow]]:
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    enc = resnet18_encoder(width).to(dev)
+    heads = dense_heads(width * 8).to(dev)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    params = list(enc.parameters()) + list(heads.parameters())
+
+    def zero():
+        for p in params:
+            p.grad = None
+
+    def plain():
+        zero()
+        sum(_losses(heads, enc(x))).backward()
+
+    def feature(method):
+        zero()
+        z = enc(x)
+        fa.backward(_losses(heads, z), features=z, combiner=method)
+
+    def forked(method):
+        zero()
+        zs = fa.fork(enc(x), len(heads), method)
+        sum(_losses(heads, None, zs)).backward()
+
+    def parameter(method, batched):
+        zero()
+        fa.backward(_losses(heads, enc(x)), shared=enc.parameters(), combiner=method,
+                    batched=batched)
+
+    t_plain = time_call(plain, dev, repeats)
+    rows = []
+    for m in methods:
+        row = StepRow(m)
+        cases = {"feature": partial(feature, m), "fork": partial(forked, m),
+                 "parameter loop": partial(parameter, m, False),
+                 "parameter batched": partial(parameter, m, True)}
+        for name, fn in cases.items():
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            row.ratios[name] = time_call(fn, dev, repeats) / t_plain
+            if dev.type == "cuda":
+                row.peak_mb[name] = torch.cuda.max_memory_allocated(dev) / 2**20
+        rows.append(row)
+        log(f"  {m} done")
+    return t_plain, rows
+
+
+def format_step_table(rows: list[StepRow]) -> str:
+    cols = ["feature", "fork", "parameter loop", "parameter batched"]
+    head = f"{'method':<8} " + " ".join(f"{c:>18}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.method:<8} " + " ".join(f"{r.ratios[c]:>18.2f}" for c in cols))
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    """Entry point of ``fastmtl bench step``."""
+    kwargs = dict(batch=4, size=32, width=16, repeats=3) if args.quick else \
+        dict(batch=8, size=64, width=32, repeats=5)
+    print(f"fastmtl bench step: device={args.device}, ResNet-18-style encoder, 3 dense heads "
+          f"(ratios: step time / plain summed-loss step time)")
+    t_plain, rows = bench_step(device=args.device, **kwargs)
+    print()
+    print(format_step_table(rows))
+    result = {"environment": environment(), "config": kwargs, "plain_step_ms": t_plain * 1e3,
+              "steps": [asdict(r) for r in rows]}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(f"\nwrote {args.json}")
+    return result
