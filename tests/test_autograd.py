@@ -267,3 +267,32 @@ def test_batch_sum_feature_reduction(device):
     w = fastmtl.combine(rows.sum(1), "mgda", return_weights=True).weights
     r = fastmtl.backward(losses, features=z, combiner="mgda", feature_reduction="batch_sum")
     torch.testing.assert_close(r.weights, w)
+
+
+def test_multi_scale_features(device):
+    # Two feature maps: their gradients are concatenated per task before combining.
+    enc, heads, x, ys = _mlp(device)
+    z = enc(x)
+    z1, z2 = z[:, :4], z[:, 4:]
+    losses = [((heads[t](torch.cat([z1, z2], 1)) - ys[t]) ** 2).mean() for t in range(T)]
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, [z1, z2],
+                                                                   retain_graph=True)])
+            for loss in losses]
+    w = fastmtl.combine(torch.stack(rows), "mgda", return_weights=True).weights
+    r = fastmtl.backward(losses, features=[z1, z2], combiner="mgda")
+    torch.testing.assert_close(r.weights, w)
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_grad_scaler_recipe(device):
+    # Scaled losses through fastmtl.backward, then the scaler's unscale: same gradients.
+    enc, heads, x, ys = _mlp(device)
+    fastmtl.backward(_losses(heads, enc(x), ys), shared=enc.parameters(), combiner="mgda")
+    expected = _grads(enc, heads)
+    _zero(enc, heads)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**10)
+    opt = torch.optim.SGD(list(enc.parameters()) + list(heads.parameters()), lr=0.0)
+    losses = [scaler.scale(loss) for loss in _losses(heads, enc(x), ys)]
+    fastmtl.backward(losses, shared=enc.parameters(), combiner="mgda")
+    scaler.unscale_(opt)
+    _assert_same(_grads(enc, heads), expected)
