@@ -241,6 +241,24 @@ void for_column_chunks(int64_t P, int64_t width, int64_t chunks, const F& body) 
   });
 }
 
+// Points rows[t] at columns [c, c + n) of row t, converted into scratch (T x width) for
+// 16-bit inputs, and asks for the next block of every row.
+template <typename S, typename A>
+inline void stage_rows(const S* base, int64_t ld, int T, int64_t c, int64_t n, int64_t width,
+                       int64_t end, const A** rows, A* scratch) {
+  prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
+  for (int t = 0; t < T; ++t) {
+    const S* src = base + t * ld + c;
+    if constexpr (std::is_same_v<S, A>) {
+      rows[t] = src;
+    } else {
+      A* dst = scratch + (int64_t)t * width;
+      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<A>(src[k]);
+      rows[t] = dst;
+    }
+  }
+}
+
 template <typename S>
 at::Tensor gram_typed(const at::Tensor& J) {
   using A = acc_t<S>;
@@ -259,17 +277,7 @@ at::Tensor gram_typed(const at::Tensor& J) {
     if constexpr (!std::is_same_v<S, A>) scratch.resize((size_t)T * width);
     for (int64_t c = begin; c < end; c += width) {
       const int64_t n = std::min(width, end - c);
-      prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
-      for (int t = 0; t < T; ++t) {
-        const S* src = base + t * ld + c;
-        if constexpr (std::is_same_v<S, A>) {
-          rows[t] = src;
-        } else {
-          A* dst = scratch.data() + (int64_t)t * width;
-          for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<A>(src[k]);
-          rows[t] = dst;
-        }
-      }
+      stage_rows(base, ld, T, c, n, width, end, rows.data(), scratch.data());
       gram_block(rows.data(), T, n, Gc);
     }
   });
@@ -307,17 +315,7 @@ void combine_typed(const at::Tensor& w, const at::Tensor& J, at::Tensor& out, bo
     if constexpr (!std::is_same_v<S, A>) scratch.resize((size_t)T * width);
     for (int64_t c = begin; c < end; c += width) {
       const int64_t n = std::min(width, end - c);
-      prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
-      for (int t = 0; t < T; ++t) {
-        const S* src = base + t * ld + c;
-        if constexpr (std::is_same_v<S, A>) {
-          rows[t] = src;
-        } else {
-          A* conv = scratch.data() + (int64_t)t * width;
-          for (int64_t k = 0; k < n; ++k) conv[k] = static_cast<A>(src[k]);
-          rows[t] = conv;
-        }
-      }
+      stage_rows(base, ld, T, c, n, width, end, rows.data(), scratch.data());
       combine_block(wa.data(), rows.data(), T, n, acc.data());
       S* o = dst + c;
       if (accumulate) {
