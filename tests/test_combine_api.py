@@ -120,6 +120,10 @@ def test_mgda_loss_normalisation_by_hand():
     torch.testing.assert_close(r.weights, torch.tensor([16 / 17, 1 / 17], dtype=torch.float64))
     with pytest.raises(ValueError, match="losses"):
         fastmtl.combine(J, fastmtl.MGDA("loss"))
+    # losses may be tensors that still require grad (taken straight from the model)
+    live = [torch.tensor(2.0, requires_grad=True), torch.tensor(0.5, requires_grad=True)]
+    r = fastmtl.combine(J, fastmtl.MGDA("loss"), losses=live, return_weights=True)
+    torch.testing.assert_close(r.weights, torch.tensor([0.8, 0.2], dtype=torch.float64))
 
 
 def test_cagrad_two_orthogonal_tasks_by_hand():

@@ -231,9 +231,12 @@ class Combiner(torch.nn.Module):
             if self.needs_losses:
                 raise ValueError(f"{type(self).__name__} with these options needs `losses`")
             return None
-        loss_vec = torch.as_tensor(
-            losses if isinstance(losses, Tensor) else list(losses), dtype=torch.float64
-        ).detach()
+        if isinstance(losses, Tensor):
+            loss_vec = losses.detach().to(torch.float64)
+        else:
+            loss_vec = torch.stack([
+                torch.as_tensor(v).detach().to("cpu", torch.float64).reshape(()) for v in losses
+            ])
         if loss_vec.dim() != 1 or loss_vec.shape[0] != T:
             raise ValueError(f"losses must have shape [T] = [{T}], got {tuple(loss_vec.shape)}")
         return loss_vec.to(device)
