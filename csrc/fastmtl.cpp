@@ -21,4 +21,11 @@ TORCH_LIBRARY(fastmtl, m) {
   m.def(
       "cagrad_weights(Tensor G, float c, int rescale, int max_outer, int max_inner) "
       "-> (Tensor, Tensor, Tensor)");
+  m.def("eigh_jacobi(Tensor G) -> (Tensor, Tensor)");
+  m.def("imtlg_weights(Tensor G) -> (Tensor, Tensor)");
+  m.def("aligned_mtl_weights(Tensor G, int scale_mode, float rank_eps) -> (Tensor, Tensor)");
+  m.def("config_weights(Tensor G) -> (Tensor, Tensor)");
+  m.def(
+      "gradvac_coefficients(Tensor G, Tensor order, Tensor(a!) rho, float beta, float eps) "
+      "-> Tensor");
 }

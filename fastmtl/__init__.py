@@ -10,10 +10,15 @@ from ._native import native_available
 from .api import combine, make_combiner
 from .autograd import BackwardResult, backward, fork
 from .combiners import (
+    IMTLG,
     MGDA,
+    RGW,
+    AlignedMTL,
     CAGrad,
     Combiner,
     CombineResult,
+    ConFIG,
+    GradVac,
     Mean,
     PCGrad,
     Sum,
@@ -37,6 +42,11 @@ __all__ = [
     "PCGrad",
     "MGDA",
     "CAGrad",
+    "IMTLG",
+    "AlignedMTL",
+    "ConFIG",
+    "GradVac",
+    "RGW",
     "ops",
     "reference",
 ]

@@ -32,7 +32,11 @@ __all__ = [
 ]
 
 
-_OPS = ("gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights")
+_OPS = (
+    "gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights",
+    "eigh_jacobi", "imtlg_weights", "aligned_mtl_weights", "config_weights",
+    "gradvac_coefficients",
+)
 
 
 def _registered_kernels() -> frozenset[tuple[str, str]]:
@@ -134,6 +138,43 @@ def cagrad_weights(
     return reference.cagrad_weights(G, c, rescale, max_outer, max_inner)
 
 
+def eigh(G: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (unsorted) and eigenvectors (columns) of symmetric float64 ``G``, by
+    cyclic Jacobi rotations (the routine the eigen-based solvers use)."""
+    if has_native_kernel("eigh_jacobi", G.device.type):
+        return torch.ops.fastmtl.eigh_jacobi(G)
+    return reference.eigh(G)
+
+
+def imtlg_weights(G: Tensor) -> tuple[Tensor, Tensor]:
+    """IMTL-G weights and a per-problem flag (False where no weights exist); see the class."""
+    if has_native_kernel("imtlg_weights", G.device.type):
+        return torch.ops.fastmtl.imtlg_weights(G)
+    return reference.imtlg_weights(G)
+
+
+def aligned_mtl_weights(G: Tensor, scale_mode: int, rank_eps: float) -> tuple[Tensor, Tensor]:
+    """Aligned-MTL weights and the rank kept (scale_mode 0 min, 1 median, 2 rmse)."""
+    if has_native_kernel("aligned_mtl_weights", G.device.type):
+        return torch.ops.fastmtl.aligned_mtl_weights(G, scale_mode, rank_eps)
+    return reference.aligned_mtl_weights(G, scale_mode, rank_eps)
+
+
+def config_weights(G: Tensor) -> tuple[Tensor, Tensor]:
+    """ConFIG weights and a per-problem flag (False when the direction is undefined)."""
+    if has_native_kernel("config_weights", G.device.type):
+        return torch.ops.fastmtl.config_weights(G)
+    return reference.config_weights(G)
+
+
+def gradvac_coefficients(G: Tensor, order: Tensor, rho: Tensor, *, beta: float,
+                         eps: float) -> Tensor:
+    """GradVac coefficients ``C`` (``pc = C @ J``); updates the EMA targets ``rho`` in place."""
+    if has_native_kernel("gradvac_coefficients", G.device.type):
+        return torch.ops.fastmtl.gradvac_coefficients(G, order, rho, beta, eps)
+    return reference.gradvac_coefficients(G, order, rho, beta, eps)
+
+
 if native_available():
 
     @torch.library.register_fake("fastmtl::gram")
@@ -162,3 +203,26 @@ if native_available():
     def _cagrad_fake(G, c, rescale, max_outer, max_inner):
         w = G.new_empty(G.shape[:-1])
         return w, torch.empty_like(w), G.new_empty(G.shape[:-2], dtype=torch.bool)
+
+    @torch.library.register_fake("fastmtl::eigh_jacobi")
+    def _eigh_fake(G):
+        return G.new_empty(G.shape[:-1]), torch.empty_like(G)
+
+    def _weights_and_flag(G, flag_dtype):
+        return G.new_empty(G.shape[:-1]), G.new_empty(G.shape[:-2], dtype=flag_dtype)
+
+    @torch.library.register_fake("fastmtl::imtlg_weights")
+    def _imtlg_fake(G):
+        return _weights_and_flag(G, torch.bool)
+
+    @torch.library.register_fake("fastmtl::config_weights")
+    def _config_fake(G):
+        return _weights_and_flag(G, torch.bool)
+
+    @torch.library.register_fake("fastmtl::aligned_mtl_weights")
+    def _aligned_fake(G, scale_mode, rank_eps):
+        return _weights_and_flag(G, torch.int64)
+
+    @torch.library.register_fake("fastmtl::gradvac_coefficients")
+    def _gradvac_fake(G, order, rho, beta, eps):
+        return torch.empty_like(G)

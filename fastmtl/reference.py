@@ -214,3 +214,93 @@ def cagrad_weights(
     min-norm problems on :math:`G + \beta (b 1^\top + 1 b^\top) + \beta^2 \|g_0\|^2 1 1^\top`.
     """
     return _batched(lambda g: _cagrad_one(g, c, rescale, max_outer, max_inner), G)
+
+
+def eigh(G: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors (columns) of symmetric ``G`` ``[..., T, T]``."""
+    return torch.linalg.eigh(G.to(torch.float64))
+
+
+def _pinv_apply(G: Tensor, y: Tensor) -> Tensor:
+    lam, V = torch.linalg.eigh(G)
+    cutoff = G.shape[-1] * torch.finfo(torch.float64).eps * lam.abs().max()
+    inv = torch.where(lam > cutoff, 1.0 / lam, torch.zeros_like(lam))
+    return V @ (inv * (V.T @ y))
+
+
+def _imtlg_one(G: Tensor) -> tuple[Tensor, Tensor]:
+    n = G.diagonal().clamp_min(0).sqrt()
+    w = _pinv_apply(G, n)
+    total = w.sum()
+    if not bool(total.abs() > 1e-12 * w.abs().sum()):
+        return torch.zeros_like(w), torch.tensor(False)
+    return w / total, torch.tensor(True)
+
+
+def imtlg_weights(G: Tensor) -> tuple[Tensor, Tensor]:
+    r"""IMTL-G: :math:`w = G^+ n / (1^\top G^+ n)` with :math:`n_i = \|g_i\|`, and a flag."""
+    return _batched(_imtlg_one, G)
+
+
+def _aligned_one(G: Tensor, scale_mode: int, rank_eps: float) -> tuple[Tensor, Tensor]:
+    lam, V = torch.linalg.eigh(G)
+    keep = (lam > lam.max() * G.shape[0] * rank_eps) & (lam > 0)
+    if not bool(keep.any()):
+        return torch.zeros(G.shape[0], dtype=torch.float64), torch.tensor(0)
+    kept = lam[keep].sort().values
+    sigma = {0: kept[0], 1: kept[(kept.numel() - 1) // 2], 2: kept.mean()}[scale_mode]
+    Vk = V[:, keep]
+    B = sigma.sqrt() * Vk @ torch.diag(lam[keep].rsqrt()) @ Vk.T
+    return B.sum(1), torch.tensor(int(keep.sum()))
+
+
+def aligned_mtl_weights(G: Tensor, scale_mode: int, rank_eps: float) -> tuple[Tensor, Tensor]:
+    r"""Aligned-MTL: :math:`w = B 1`, :math:`B = \sqrt{\sigma} V \Lambda^{-1/2} V^\top`."""
+    return _batched(lambda g: _aligned_one(g, scale_mode, rank_eps), G)
+
+
+def _config_one(G: Tensor) -> tuple[Tensor, Tensor]:
+    n = G.diagonal().clamp_min(0).sqrt()
+    safe = torch.where(n > 0, n, torch.ones_like(n))
+    Gn = torch.where((n[:, None] > 0) & (n[None, :] > 0), G / (safe[:, None] * safe[None, :]),
+                     torch.zeros_like(G))
+    c = _pinv_apply(Gn, (n > 0).to(torch.float64))
+    bb = c @ Gn @ c
+    if not bool(bb > 0):
+        return torch.zeros_like(n), torch.tensor(False)
+    gb = (G.sum(0) * c / safe * (n > 0)).sum()
+    return torch.where(n > 0, gb / bb * c / safe, torch.zeros_like(n)), torch.tensor(True)
+
+
+def config_weights(G: Tensor) -> tuple[Tensor, Tensor]:
+    r"""ConFIG: :math:`d = (\sum_i g_i \cdot e) e`, :math:`e = U^+ 1 / \|U^+ 1\|`, as weights."""
+    return _batched(_config_one, G)
+
+
+def gradvac_coefficients(G: Tensor, order: Tensor, rho: Tensor, beta: float,
+                         eps: float) -> Tensor:
+    """GradVac coefficients ``C`` (``pc = C @ J``); updates ``rho`` in place."""
+    T = G.shape[-1]
+    flatG, flatO = G.reshape(-1, T, T).cpu(), order.reshape(-1, T, T).cpu()
+    flatR = rho.reshape(-1, T, T)
+    out = []
+    for b in range(flatG.shape[0]):
+        Gm, om, rh = flatG[b], flatO[b], flatR[b].cpu().clone()
+        C = torch.eye(T, dtype=torch.float64)
+        for i in range(T):
+            pp = float(Gm[i, i])
+            for j in om[i].tolist():
+                if j == i:
+                    continue
+                pg, gjj = float(C[i] @ Gm[:, j]), max(float(Gm[j, j]), 0.0)
+                np_, nj = math.sqrt(max(pp, 0.0)), math.sqrt(gjj)
+                r, target = pg / (np_ * nj + eps), float(rh[i, j])
+                if r < target:
+                    s_r, s_t = math.sqrt(max(1 - r * r, 0.0)), math.sqrt(max(1 - target**2, 0.0))
+                    a = np_ * (target * s_r - r * s_t) / (nj * s_t + eps)
+                    C[i, j] += a
+                    pp += 2 * a * pg + a * a * gjj
+                rh[i, j] = (1 - beta) * target + beta * r
+        flatR[b].copy_(rh)
+        out.append(C)
+    return torch.stack(out).reshape(G.shape).to(G.device)

@@ -75,9 +75,95 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cagrad_weights_cpu(const at::Tens
   return {weights, w_star, ok};
 }
 
+// Runs fn(b, workspace) for every problem of a batch, in parallel, with one float64
+// workspace of `work` doubles per thread.
+template <typename F>
+void for_each_problem(int64_t batch, int64_t work, const F& fn) {
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> ws(std::max<int64_t>(work, 1));
+    for (int64_t b = b0; b < b1; ++b) fn(b, ws.data());
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> eigh_jacobi_cpu(const at::Tensor& G_in) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  const at::Tensor G = G_in.contiguous();
+  at::Tensor lambda = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor V = at::empty_like(G);
+  const double* g = G.const_data_ptr<double>();
+  double *lp = lambda.data_ptr<double>(), *vp = V.data_ptr<double>();
+  for_each_problem(G.numel() / (T * T), T * T, [&](int64_t b, double* ws) {
+    solvers::jacobi_eigh(g + b * T * T, (int)T, lp + b * T, vp + b * T * T, ws, 100);
+  });
+  return {lambda, V};
+}
+
+// Shared body of the ops that map each G to weights w and a per-problem flag or count.
+template <typename Flag, typename F>
+std::tuple<at::Tensor, at::Tensor> weights_op(const at::Tensor& G_in, at::ScalarType flag_type,
+                                              const F& solve) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  const at::Tensor G = G_in.contiguous();
+  at::Tensor w = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor flag = at::empty(batch_shape(G, 2), G.options().dtype(flag_type));
+  const double* g = G.const_data_ptr<double>();
+  double* wp = w.data_ptr<double>();
+  Flag* fp = flag.data_ptr<Flag>();
+  for_each_problem(G.numel() / (T * T), solvers::eig_work_doubles((int)T),
+                   [&](int64_t b, double* ws) {
+                     fp[b] = solve(g + b * T * T, (int)T, wp + b * T, ws);
+                   });
+  return {w, flag};
+}
+
+std::tuple<at::Tensor, at::Tensor> imtlg_weights_cpu(const at::Tensor& G) {
+  return weights_op<bool>(G, at::kBool, [](const double* g, int T, double* w, double* ws) {
+    return solvers::imtlg_weights(g, T, w, ws);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> config_weights_cpu(const at::Tensor& G) {
+  return weights_op<bool>(G, at::kBool, [](const double* g, int T, double* w, double* ws) {
+    return solvers::config_weights(g, T, w, ws);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> aligned_mtl_weights_cpu(const at::Tensor& G,
+                                                           int64_t scale_mode, double rank_eps) {
+  TORCH_CHECK_VALUE(scale_mode >= 0 && scale_mode <= 2, "scale_mode must be 0, 1 or 2");
+  return weights_op<int64_t>(G, at::kLong, [&](const double* g, int T, double* w, double* ws) {
+    return (int64_t)solvers::aligned_mtl_weights(g, T, (int)scale_mode, rank_eps, w, ws);
+  });
+}
+
+at::Tensor gradvac_coefficients_cpu(const at::Tensor& G_in, const at::Tensor& order_in,
+                                    at::Tensor rho, double beta, double eps) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  TORCH_CHECK_VALUE(order_in.sizes() == G_in.sizes(), "order must have the shape of G");
+  TORCH_CHECK_TYPE(order_in.scalar_type() == at::kLong, "order must be int64");
+  TORCH_CHECK_VALUE(rho.sizes() == G_in.sizes() && rho.scalar_type() == at::kDouble &&
+                        rho.is_contiguous(),
+                    "rho must be a contiguous float64 tensor of the shape of G");
+  const at::Tensor G = G_in.contiguous(), order = order_in.contiguous();
+  at::Tensor C = at::empty_like(G);
+  const double* g = G.const_data_ptr<double>();
+  const int64_t* o = order.const_data_ptr<int64_t>();
+  double *r = rho.data_ptr<double>(), *c = C.data_ptr<double>();
+  for_each_problem(G.numel() / (T * T), 0, [&](int64_t b, double*) {
+    solvers::gradvac_coefficients(g + b * T * T, (int)T, o + b * T * T, r + b * T * T, beta,
+                                  eps, c + b * T * T);
+  });
+  return C;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
+  m.impl("eigh_jacobi", &eigh_jacobi_cpu);
+  m.impl("imtlg_weights", &imtlg_weights_cpu);
+  m.impl("aligned_mtl_weights", &aligned_mtl_weights_cpu);
+  m.impl("config_weights", &config_weights_cpu);
+  m.impl("gradvac_coefficients", &gradvac_coefficients_cpu);
   m.impl("pcgrad_coefficients", &pcgrad_coefficients_cpu);
   m.impl("min_norm_weights", &min_norm_weights_cpu);
   m.impl("cagrad_weights", &cagrad_weights_cpu);

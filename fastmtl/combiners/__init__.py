@@ -1,10 +1,15 @@
 """Gradient combiners: one class per published method, registered by name."""
 
+from .aligned_mtl import AlignedMTL
 from .base import Combiner, CombineResult, as_matrix, available_methods, get_combiner_class
 from .cagrad import CAGrad
+from .config import ConFIG
 from .ew import Mean, Sum
+from .gradvac import GradVac
+from .imtlg import IMTLG
 from .mgda import MGDA
 from .pcgrad import PCGrad
+from .rgw import RGW
 
 __all__ = [
     "Combiner",
@@ -17,4 +22,9 @@ __all__ = [
     "PCGrad",
     "MGDA",
     "CAGrad",
+    "IMTLG",
+    "AlignedMTL",
+    "ConFIG",
+    "GradVac",
+    "RGW",
 ]

@@ -494,5 +494,233 @@ FASTMTL_HD inline bool cagrad_weights(const double* G, int T, double c, int resc
   return converged;
 }
 
+// ---------------------------------------------------------------------------
+// Symmetric eigen-decomposition by cyclic Jacobi rotations: accurate to rounding
+// relative to max|lambda| and simple enough to run in one GPU thread.
+// Writes lambda (unsorted) and V (row-major, eigenvector k in column k).
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline int64_t eig_work_doubles(int T) { return 2 * (int64_t)T * T + 4 * (int64_t)T; }
+
+FASTMTL_HD inline bool jacobi_eigh(const double* G, int T, double* lambda, double* V, double* A,
+                                   int max_sweeps) {
+  for (int64_t e = 0; e < (int64_t)T * T; ++e) A[e] = G[e];
+  for (int i = 0; i < T; ++i)
+    for (int j = 0; j < T; ++j) V[(int64_t)i * T + j] = i == j ? 1.0 : 0.0;
+  bool converged = T <= 1;
+  for (int sweep = 0; sweep < max_sweeps && !converged; ++sweep) {
+    double off = 0.0, diag = 0.0;
+    for (int p = 0; p < T; ++p) {
+      diag += A[(int64_t)p * T + p] * A[(int64_t)p * T + p];
+      for (int q = p + 1; q < T; ++q) off += A[(int64_t)p * T + q] * A[(int64_t)p * T + q];
+    }
+    if (off <= 1e-32 * diag || off == 0.0) {
+      converged = true;
+      break;
+    }
+    for (int p = 0; p < T - 1; ++p) {
+      for (int q = p + 1; q < T; ++q) {
+        const double apq = A[(int64_t)p * T + q];
+        if (apq == 0.0) continue;
+        const double theta = (A[(int64_t)q * T + q] - A[(int64_t)p * T + p]) / (2.0 * apq);
+        const double t = (theta >= 0.0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+        const double c = 1.0 / sqrt(t * t + 1.0), sn = t * c;
+        for (int k = 0; k < T; ++k) {  // columns p, q
+          const double akp = A[(int64_t)k * T + p], akq = A[(int64_t)k * T + q];
+          A[(int64_t)k * T + p] = c * akp - sn * akq;
+          A[(int64_t)k * T + q] = sn * akp + c * akq;
+        }
+        for (int k = 0; k < T; ++k) {  // rows p, q
+          const double apk = A[(int64_t)p * T + k], aqk = A[(int64_t)q * T + k];
+          A[(int64_t)p * T + k] = c * apk - sn * aqk;
+          A[(int64_t)q * T + k] = sn * apk + c * aqk;
+        }
+        A[(int64_t)p * T + q] = A[(int64_t)q * T + p] = 0.0;
+        for (int k = 0; k < T; ++k) {
+          const double vkp = V[(int64_t)k * T + p], vkq = V[(int64_t)k * T + q];
+          V[(int64_t)k * T + p] = c * vkp - sn * vkq;
+          V[(int64_t)k * T + q] = sn * vkp + c * vkq;
+        }
+      }
+    }
+  }
+  for (int k = 0; k < T; ++k) lambda[k] = A[(int64_t)k * T + k];
+  return converged;
+}
+
+// x = M^+ y from an eigen-decomposition, keeping lambda_k > cutoff (others are the
+// null space and rounding noise of a positive semi-definite M).
+FASTMTL_HD inline void eig_pinv_apply(const double* lambda, const double* V, int T, double cutoff,
+                                      const double* y, double* x, double* tmp) {
+  for (int k = 0; k < T; ++k) {
+    double proj = 0.0;
+    for (int i = 0; i < T; ++i) proj += V[(int64_t)i * T + k] * y[i];
+    tmp[k] = lambda[k] > cutoff ? proj / lambda[k] : 0.0;
+  }
+  for (int i = 0; i < T; ++i) x[i] = dot(V + (int64_t)i * T, tmp, T);
+}
+
+FASTMTL_HD inline double max_abs(const double* v, int T) {
+  double m = 0.0;
+  for (int k = 0; k < T; ++k) m = fmax(m, fabs(v[k]));
+  return m;
+}
+
+constexpr double kEps64 = 2.220446049250313e-16;
+
+// ---------------------------------------------------------------------------
+// IMTL-G (Liu et al. 2021): d = J^T w has equal projections on every unit gradient and
+// sum(w) = 1, i.e. G w = mu n with n_i = ||g_i||: w = G^+ n / (1^T G^+ n). The pseudo-
+// inverse keeps |lambda| > T eps max|lambda| (torch.linalg.pinv's default). Returns false
+// (and w = 0) when 1^T G^+ n vanishes, where no such direction exists.
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline bool imtlg_weights(const double* G, int T, double* w, double* work) {
+  double* lambda = work;
+  double* V = lambda + T;
+  double* A = V + (int64_t)T * T;
+  double* n = A + (int64_t)T * T;
+  double* tmp = n + T;
+  jacobi_eigh(G, T, lambda, V, A, 100);
+  for (int i = 0; i < T; ++i) n[i] = sqrt(fmax(G[(int64_t)i * T + i], 0.0));
+  eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), n, w, tmp);
+  double total = 0.0, size = 0.0;
+  for (int i = 0; i < T; ++i) {
+    total += w[i];
+    size += fabs(w[i]);
+  }
+  if (!(fabs(total) > 1e-12 * size) || !(size > 0.0)) {
+    for (int i = 0; i < T; ++i) w[i] = 0.0;
+    return false;
+  }
+  for (int i = 0; i < T; ++i) w[i] /= total;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Aligned-MTL (Senushkin et al. 2023): G = V diag(lambda) V^T; keep lambda > lambda_max T
+// rank_eps; B = sqrt(sigma) V diag(lambda^-1/2) V^T over the kept ones, with sigma the
+// smallest (mode 0), lower median (1) or mean (2) kept eigenvalue; w = B 1.
+// Returns the rank kept.
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode, double rank_eps,
+                                          double* w, double* work) {
+  double* lambda = work;
+  double* V = lambda + T;
+  double* A = V + (int64_t)T * T;
+  double* kept = A + (int64_t)T * T;
+  jacobi_eigh(G, T, lambda, V, A, 100);
+  double lmax = 0.0;
+  for (int k = 0; k < T; ++k) lmax = fmax(lmax, lambda[k]);
+  const double cutoff = lmax * T * rank_eps;
+  int rank = 0;
+  for (int k = 0; k < T; ++k)
+    if (lambda[k] > cutoff && lambda[k] > 0.0) kept[rank++] = lambda[k];
+  for (int i = 0; i < T; ++i) w[i] = 0.0;
+  if (rank == 0) return 0;
+  for (int a = 1; a < rank; ++a)  // insertion sort: rank <= T is small
+    for (int b = a; b > 0 && kept[b - 1] > kept[b]; --b) {
+      const double t = kept[b];
+      kept[b] = kept[b - 1];
+      kept[b - 1] = t;
+    }
+  double sigma = kept[0];
+  if (scale_mode == 1) {
+    sigma = kept[(rank - 1) / 2];  // torch.median: the lower of the two middle values
+  } else if (scale_mode == 2) {
+    sigma = 0.0;
+    for (int k = 0; k < rank; ++k) sigma += kept[k];
+    sigma /= rank;
+  }
+  const double root_sigma = sqrt(sigma);
+  for (int k = 0; k < T; ++k) {
+    if (!(lambda[k] > cutoff && lambda[k] > 0.0)) continue;
+    double v1 = 0.0;
+    for (int i = 0; i < T; ++i) v1 += V[(int64_t)i * T + k];
+    const double coef = root_sigma * v1 / sqrt(lambda[k]);
+    for (int i = 0; i < T; ++i) w[i] += coef * V[(int64_t)i * T + k];
+  }
+  return rank;
+}
+
+// ---------------------------------------------------------------------------
+// ConFIG (Liu et al. 2025): u_i = g_i / ||g_i|| (0 for a zero row), b = U^+ 1, e = b/||b||,
+// d = (sum_i g_i . e) e. With Gn = U U^T, b = U^T c for c = Gn^+ 1, so
+// w_j = (sum_i g_i . b) / ||b||^2 * c_j / ||g_j||. Returns false (w = 0) when b = 0.
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline bool config_weights(const double* G, int T, double* w, double* work) {
+  double* lambda = work;
+  double* V = lambda + T;
+  double* Gn = V + (int64_t)T * T;  // reused as the eigen scratch after normalising
+  double* n = Gn + (int64_t)T * T;
+  double* ones = n + T;
+  double* tmp = ones + T;
+  double* c = w;
+  for (int i = 0; i < T; ++i) {
+    n[i] = sqrt(fmax(G[(int64_t)i * T + i], 0.0));
+    ones[i] = n[i] > 0.0 ? 1.0 : 0.0;
+  }
+  for (int i = 0; i < T; ++i)
+    for (int j = 0; j < T; ++j)
+      V[(int64_t)i * T + j] = n[i] > 0.0 && n[j] > 0.0 ? G[(int64_t)i * T + j] / (n[i] * n[j]) : 0.0;
+  jacobi_eigh(V, T, lambda, V, Gn, 100);  // V holds Gn on entry and is read before written
+  eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), ones, c, tmp);
+  // ||b||^2 = c^T Gn c = sum_k lambda_k (v_k . c)^2 over kept k; g_i . b = sum_j G_ij c_j / n_j
+  double bb = 0.0, gb = 0.0;
+  for (int k = 0; k < T; ++k) {
+    double proj = 0.0;
+    for (int i = 0; i < T; ++i) proj += V[(int64_t)i * T + k] * c[i];
+    if (lambda[k] > 0.0) bb += lambda[k] * proj * proj;
+  }
+  for (int j = 0; j < T; ++j) {
+    if (!(n[j] > 0.0)) continue;
+    double col = 0.0;
+    for (int i = 0; i < T; ++i) col += G[(int64_t)i * T + j];
+    gb += col * c[j] / n[j];
+  }
+  if (!(bb > 0.0)) {
+    for (int j = 0; j < T; ++j) w[j] = 0.0;
+    return false;
+  }
+  for (int j = 0; j < T; ++j) w[j] = n[j] > 0.0 ? gb / bb * c[j] / n[j] : 0.0;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// GradVac (Wang et al. 2021) as coefficients, like PCGrad: for task i, p = g_i; for j in
+// order[i] (j != i): rho = p.g_j / (||p|| ||g_j|| + eps); if rho < rho_hat[i, j],
+//   p += g_j ||p|| (rho_hat sqrt(1 - rho^2) - rho sqrt(1 - rho_hat^2))
+//        / (||g_j|| sqrt(1 - rho_hat^2) + eps);
+// then rho_hat[i, j] = (1 - beta) rho_hat[i, j] + beta rho (rho from before the step).
+// ||p||^2 is carried along: p + a g_j has norm^2 ||p||^2 + 2 a p.g_j + a^2 ||g_j||^2.
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline void gradvac_coefficients(const double* G, int T, const int64_t* order,
+                                            double* rho_hat, double beta, double eps,
+                                            double* C) {
+  for (int i = 0; i < T; ++i) {
+    double* c = C + (int64_t)i * T;
+    for (int m = 0; m < T; ++m) c[m] = 0.0;
+    c[i] = 1.0;
+    double pp = G[(int64_t)i * T + i];
+    const int64_t* visit = order + (int64_t)i * T;
+    for (int k = 0; k < T; ++k) {
+      const int j = (int)visit[k];
+      if (j < 0 || j >= T || j == i) continue;
+      const double* gj = G + (int64_t)j * T;
+      const double pg = dot(c, gj, T);
+      const double gjj = fmax(gj[j], 0.0);
+      const double np = sqrt(fmax(pp, 0.0)), nj = sqrt(gjj);
+      const double r = pg / (np * nj + eps);
+      double* target = rho_hat + (int64_t)i * T + j;
+      const double rh = *target;
+      if (r < rh) {
+        const double a = np * (rh * sqrt(fmax(1.0 - r * r, 0.0)) - r * sqrt(fmax(1.0 - rh * rh, 0.0))) /
+                         (nj * sqrt(fmax(1.0 - rh * rh, 0.0)) + eps);
+        c[j] += a;
+        pp += 2.0 * a * pg + a * a * gjj;
+      }
+      *target = (1.0 - beta) * rh + beta * r;
+    }
+  }
+}
+
 }  // namespace solvers
 }  // namespace fastmtl
