@@ -140,7 +140,8 @@ def cagrad_weights(
 
 def eigh(G: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenvalues (unsorted) and eigenvectors (columns) of symmetric float64 ``G``, by
-    cyclic Jacobi rotations (the routine the eigen-based solvers use)."""
+    Householder tridiagonalisation and implicit QL (the routine the eigen-based solvers
+    use; cyclic Jacobi as its fallback)."""
     if has_native_kernel("eigh_jacobi", G.device.type):
         return torch.ops.fastmtl.eigh_jacobi(G)
     return reference.eigh(G)

@@ -196,7 +196,7 @@ def _cagrad_one(G: Tensor, c: float, rescale: int, max_outer: int,
             side = -1
         else:
             break
-        if hi - lo <= 1e-14 * hi or best[0] <= 1e-14 * math.sqrt(scale):
+        if hi - lo <= 1e-14 * hi or abs(f) <= 1e-14 * kappa * beta:
             break
     w_star = best[1]
     gw = math.sqrt(max(float(w_star @ G @ w_star), 0.0))

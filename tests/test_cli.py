@@ -21,7 +21,8 @@ def test_bench_combine_tiny(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [r["T"] for r in data["combine"]] == [2, 3]
     assert all(r["ratios"]["gram"] > 0 for r in data["combine"])
-    assert {r["method"] for r in data["solvers"]} == {"pcgrad", "mgda", "cagrad"}
+    solvers = {"pcgrad", "mgda", "cagrad", "imtlg", "alignedmtl", "config", "gradvac"}
+    assert {r["method"] for r in data["solvers"]} == solvers
     assert data["environment"]["torch"]
 
 

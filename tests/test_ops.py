@@ -135,3 +135,50 @@ def test_native_op_errors_are_value_errors():
         torch.ops.fastmtl.combine_rows(torch.zeros(2, dtype=torch.float64), torch.zeros(3, 4))
     with pytest.raises(TypeError, match="float64"):
         torch.ops.fastmtl.min_norm_weights(torch.eye(3), 10, 1e-14)
+
+
+def test_eigh_jacobi_decomposes(device):
+    G = _random_grams((3,), 7, device, seed=4)
+    lam, V = ops.eigh(G)
+    eye = torch.eye(7, dtype=torch.float64, device=device).expand(3, 7, 7)
+    torch.testing.assert_close(V.transpose(-1, -2) @ V, eye, rtol=0, atol=1e-13)
+    scale = float(G.abs().max())
+    torch.testing.assert_close(V @ torch.diag_embed(lam) @ V.transpose(-1, -2), G, rtol=0,
+                               atol=1e-13 * scale)
+    torch.testing.assert_close(lam.sort(-1).values.cpu(), torch.linalg.eigvalsh(G.cpu()),
+                               rtol=0, atol=1e-13 * scale)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 9])
+def test_eigen_weights_match_reference(T, device):
+    G = _random_grams((2,), T, device, seed=5)
+    for native, ref in [
+        (ops.imtlg_weights(G), reference.imtlg_weights(G.cpu())),
+        (ops.config_weights(G), reference.config_weights(G.cpu())),
+        (ops.aligned_mtl_weights(G, 1, 1e-7), reference.aligned_mtl_weights(G.cpu(), 1, 1e-7)),
+    ]:
+        torch.testing.assert_close(native[0].cpu(), ref[0], rtol=1e-9, atol=1e-11)
+        assert torch.equal(native[1].cpu(), ref[1])
+
+
+def test_gradvac_coefficients_match_reference(device):
+    G = _random_grams((2,), 5, device, seed=6)
+    order = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(7)).argsort(-1)
+    rho = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    rho_ref = rho.clone()
+    rho = rho.to(device)
+    C = ops.gradvac_coefficients(G, order.to(device), rho, beta=0.3, eps=1e-8)
+    C_ref = reference.gradvac_coefficients(G.cpu(), order, rho_ref, 0.3, 1e-8)
+    torch.testing.assert_close(C.cpu(), C_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rho.cpu(), rho_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_opcheck_eigen_solvers(device):
+    G = _random_grams((2,), 4, device)
+    order = torch.arange(4, device=device).expand(2, 4, 4).contiguous()
+    rho = torch.zeros(2, 4, 4, dtype=torch.float64, device=device)
+    _opcheck(torch.ops.fastmtl.eigh_jacobi.default, (G,))
+    _opcheck(torch.ops.fastmtl.imtlg_weights.default, (G,))
+    _opcheck(torch.ops.fastmtl.config_weights.default, (G,))
+    _opcheck(torch.ops.fastmtl.aligned_mtl_weights.default, (G, 0, 1e-7))
+    _opcheck(torch.ops.fastmtl.gradvac_coefficients.default, (G, order, rho, 0.5, 1e-8))

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 import fastmtl
 
-METHODS = ["mean", "sum", "pcgrad", "mgda", "cagrad"]
+METHODS = ["mean", "sum", "pcgrad", "mgda", "cagrad", "imtlg", "alignedmtl", "config",
+           "gradvac", "rgw"]
+SYMMETRIC = ["mean", "sum", "mgda", "cagrad", "imtlg", "alignedmtl", "config"]
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
 
@@ -36,14 +38,24 @@ def jacobians(draw, max_T=8, max_P=12):
 
 
 def _fixed(method, T):
-    return fastmtl.PCGrad(order=list(range(T))) if method == "pcgrad" else method
+    """A deterministic instance: fixed visiting orders, a seeded draw for RGW."""
+    if method == "pcgrad":
+        return fastmtl.PCGrad(order=list(range(T)))
+    if method == "gradvac":
+        return fastmtl.GradVac(order=list(range(T)))
+    return method
+
+
+def _combine(J, method, **kw):
+    return fastmtl.combine(J, _fixed(method, J.shape[0]),
+                           generator=torch.Generator().manual_seed(0), **kw)
 
 
 @pytest.mark.parametrize("method", METHODS)
 @PROPERTY_SETTINGS
 @given(J=jacobians())
 def test_output_shape_and_finiteness(method, J):
-    r = fastmtl.combine(J, _fixed(method, J.shape[0]), return_weights=True)
+    r = _combine(J, method, return_weights=True)
     assert r.direction.shape == J.shape[1:]
     assert torch.isfinite(r.direction).all() and torch.isfinite(r.weights).all()
 
@@ -65,7 +77,7 @@ def test_mgda_weights_on_simplex(J):
     assert abs(float(w.sum()) - 1.0) < 1e-12
 
 
-@pytest.mark.parametrize("method", ["mean", "sum", "mgda", "cagrad"])
+@pytest.mark.parametrize("method", SYMMETRIC)
 @PROPERTY_SETTINGS
 @given(J=jacobians(), data=st.data())
 def test_permutation_invariance(method, J, data):
@@ -73,8 +85,13 @@ def test_permutation_invariance(method, J, data):
     perm = torch.as_tensor(data.draw(st.permutations(range(J.shape[0]))), dtype=torch.long)
     d = fastmtl.combine(J, method)
     d_perm = fastmtl.combine(J[perm], method)
-    scale = float(J.norm(dim=1).max()) + 1e-300
-    assert float((d - d_perm).abs().max()) <= 1e-7 * scale
+    # rounding is relative to the inputs or to the output, whichever is larger (IMTL-G's
+    # weights grow like 1 / lambda_min on nearly singular G)
+    scale = max(float(J.norm(dim=1).max()), float(d.abs().max())) + 1e-300
+    # CAGrad's lambda = c ||g0|| / ||g_w*|| multiplies the solver's rounding when g_w* ~ 0
+    # (here by up to ~1e7 on tiny-row examples): its directions agree to 1e-5.
+    rtol = 1e-5 if method == "cagrad" else 1e-7
+    assert float((d - d_perm).abs().max()) <= rtol * scale
 
 
 @PROPERTY_SETTINGS
@@ -93,14 +110,14 @@ def test_pcgrad_permutation_equivariance(J, data):
     assert float((d - d_perm).abs().max()) <= 1e-9 * scale
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "gradvac"])
 @PROPERTY_SETTINGS
 @given(J=jacobians(), k=st.integers(-6, 6))
 def test_positive_scaling_commutes(method, J, k):
-    # Every method here is positively homogeneous of degree 1: d(aJ) = a d(J).
+    # Positively homogeneous of degree 1: d(aJ) = a d(J) (GradVac's absolute eps is not).
     a = 10.0**k
-    d = fastmtl.combine(J, _fixed(method, J.shape[0]))
-    d_scaled = fastmtl.combine(a * J, _fixed(method, J.shape[0]))
+    d = _combine(J, method)
+    d_scaled = _combine(a * J, method)
     scale = a * (float(J.norm(dim=1).max()) + 1e-300)
     assert float((d_scaled - a * d).abs().max()) <= 1e-7 * scale
 
@@ -113,16 +130,15 @@ def test_documented_degenerate_outputs(method):
     same = torch.stack([e[1], e[1], e[1]])
     wide = torch.randn(10, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for J in (zero, opposite, same, wide):
-        d = fastmtl.combine(J, _fixed(method, J.shape[0]))
-        assert torch.isfinite(d).all()
-    zero_direction = fastmtl.combine(zero, _fixed(method, 3))
-    assert torch.equal(zero_direction, torch.zeros(4, dtype=torch.float64))
-    # opposite gradients: every method returns 0 (no direction helps both tasks)
-    torch.testing.assert_close(fastmtl.combine(opposite, _fixed(method, 2)),
-                               torch.zeros(3, dtype=torch.float64))
-    # identical gradients: PCGrad and Sum add them up; CAGrad's g_w = g0, lambda = c,
-    # d = (1 + c) g0 / (1 + c^2) with the default c = 0.4, rescale = 1.
-    expected_same = {"sum": 3 * e[1], "pcgrad": 3 * e[1], "cagrad": 1.4 / 1.16 * e[1]}.get(
-        method, e[1]
-    )
-    torch.testing.assert_close(fastmtl.combine(same, _fixed(method, 3)), expected_same)
+        assert torch.isfinite(_combine(J, method)).all()
+    assert torch.equal(_combine(zero, method), torch.zeros(4, dtype=torch.float64))
+    if method != "rgw":  # opposite gradients: 0, no direction helps both tasks
+        torch.testing.assert_close(_combine(opposite, method), torch.zeros(3, dtype=torch.float64))
+    # identical gradients g: the methods that sum the (unchanged) gradients give 3g; CAGrad's
+    # g_w = g0, lambda = c, d = (1 + c) g0 / (1 + c^2) with the defaults c = 0.4, rescale = 1;
+    # the rest (weights on the simplex) give g.
+    summing = {"sum", "pcgrad", "gradvac", "alignedmtl", "config"}
+    expected = 3 * e[1] if method in summing else e[1]
+    if method == "cagrad":
+        expected = 1.4 / 1.16 * e[1]
+    torch.testing.assert_close(_combine(same, method), expected)

@@ -92,8 +92,8 @@ std::tuple<at::Tensor, at::Tensor> eigh_jacobi_cpu(const at::Tensor& G_in) {
   at::Tensor V = at::empty_like(G);
   const double* g = G.const_data_ptr<double>();
   double *lp = lambda.data_ptr<double>(), *vp = V.data_ptr<double>();
-  for_each_problem(G.numel() / (T * T), T * T, [&](int64_t b, double* ws) {
-    solvers::jacobi_eigh(g + b * T * T, (int)T, lp + b * T, vp + b * T * T, ws, 100);
+  for_each_problem(G.numel() / (T * T), T * T + T, [&](int64_t b, double* ws) {
+    solvers::symmetric_eigh(g + b * T * T, (int)T, lp + b * T, vp + b * T * T, ws, ws + T * T);
   });
   return {lambda, V};
 }

@@ -100,9 +100,112 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cagrad_weights_cuda(const at::Ten
   return {weights, w_star, ok};
 }
 
+__global__ void eigh_kernel(const double* G, int T, int64_t batch, double* lambda, double* V,
+                            double* work) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  double* ws = work + b * ((int64_t)T * T + T);
+  solvers::symmetric_eigh(G + b * T * T, T, lambda + b * T, V + b * T * T, ws, ws + T * T);
+}
+
+// kind: 0 IMTL-G, 1 ConFIG, 2 Aligned-MTL (flag holds the rank as int64 then).
+__global__ void eigen_weights_kernel(const double* G, int T, int64_t batch, int kind,
+                                     int scale_mode, double rank_eps, double* w, bool* ok,
+                                     int64_t* rank, double* work) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const double* g = G + b * T * T;
+  double* ws = work + b * solvers::eig_work_doubles(T);
+  if (kind == 0) ok[b] = solvers::imtlg_weights(g, T, w + b * T, ws);
+  if (kind == 1) ok[b] = solvers::config_weights(g, T, w + b * T, ws);
+  if (kind == 2) rank[b] = solvers::aligned_mtl_weights(g, T, scale_mode, rank_eps, w + b * T, ws);
+}
+
+__global__ void gradvac_kernel(const double* G, const int64_t* order, int T, int64_t batch,
+                               double* rho, double beta, double eps, double* C) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const int64_t off = b * T * T;
+  solvers::gradvac_coefficients(G + off, T, order + off, rho + off, beta, eps, C + off);
+}
+
+std::tuple<at::Tensor, at::Tensor> eigh_jacobi_cuda(const at::Tensor& G_in) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous();
+  at::Tensor lambda = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor V = at::empty_like(G);
+  const int64_t batch = G.numel() / (T * T);
+  if (batch == 0) return {lambda, V};
+  at::Tensor work = at::empty({batch * (T * T + T)}, G.options());
+  eigh_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      G.const_data_ptr<double>(), (int)T, batch, lambda.data_ptr<double>(), V.data_ptr<double>(),
+      work.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {lambda, V};
+}
+
+std::tuple<at::Tensor, at::Tensor> eigen_weights_cuda(const at::Tensor& G_in, int kind,
+                                                      int64_t scale_mode, double rank_eps) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous();
+  const int64_t batch = G.numel() / (T * T);
+  at::Tensor w = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor flag = at::empty(batch_shape(G, 2),
+                              G.options().dtype(kind == 2 ? at::kLong : at::kBool));
+  if (batch == 0) return {w, flag};
+  at::Tensor work = at::empty({batch * solvers::eig_work_doubles((int)T)}, G.options());
+  eigen_weights_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      G.const_data_ptr<double>(), (int)T, batch, kind, (int)scale_mode, rank_eps,
+      w.data_ptr<double>(), kind == 2 ? nullptr : flag.data_ptr<bool>(),
+      kind == 2 ? flag.data_ptr<int64_t>() : nullptr, work.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {w, flag};
+}
+
+std::tuple<at::Tensor, at::Tensor> imtlg_weights_cuda(const at::Tensor& G) {
+  return eigen_weights_cuda(G, 0, 0, 0.0);
+}
+
+std::tuple<at::Tensor, at::Tensor> config_weights_cuda(const at::Tensor& G) {
+  return eigen_weights_cuda(G, 1, 0, 0.0);
+}
+
+std::tuple<at::Tensor, at::Tensor> aligned_mtl_weights_cuda(const at::Tensor& G,
+                                                            int64_t scale_mode, double rank_eps) {
+  TORCH_CHECK_VALUE(scale_mode >= 0 && scale_mode <= 2, "scale_mode must be 0, 1 or 2");
+  return eigen_weights_cuda(G, 2, scale_mode, rank_eps);
+}
+
+at::Tensor gradvac_coefficients_cuda(const at::Tensor& G_in, const at::Tensor& order_in,
+                                     at::Tensor rho, double beta, double eps) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  TORCH_CHECK_VALUE(order_in.sizes() == G_in.sizes(), "order must have the shape of G");
+  TORCH_CHECK_TYPE(order_in.scalar_type() == at::kLong, "order must be int64");
+  TORCH_CHECK_VALUE(rho.sizes() == G_in.sizes() && rho.scalar_type() == at::kDouble &&
+                        rho.is_contiguous() && rho.device() == G_in.device(),
+                    "rho must be a contiguous float64 tensor of the shape of G on its device");
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous(), order = order_in.contiguous();
+  at::Tensor C = at::empty_like(G);
+  const int64_t batch = G.numel() / (T * T);
+  if (batch == 0) return C;
+  gradvac_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      G.const_data_ptr<double>(), order.const_data_ptr<int64_t>(), (int)T, batch,
+      rho.data_ptr<double>(), beta, eps, C.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return C;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
+  m.impl("eigh_jacobi", &eigh_jacobi_cuda);
+  m.impl("imtlg_weights", &imtlg_weights_cuda);
+  m.impl("aligned_mtl_weights", &aligned_mtl_weights_cuda);
+  m.impl("config_weights", &config_weights_cuda);
+  m.impl("gradvac_coefficients", &gradvac_coefficients_cuda);
   m.impl("pcgrad_coefficients", &pcgrad_coefficients_cuda);
   m.impl("min_norm_weights", &min_norm_weights_cuda);
   m.impl("cagrad_weights", &cagrad_weights_cuda);

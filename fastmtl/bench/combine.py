@@ -24,7 +24,8 @@ from .. import ops
 from .._native import native_available
 from ..api import make_combiner
 
-METHODS = ("mean", "sum", "pcgrad", "mgda", "cagrad")
+METHODS = ("mean", "sum", "pcgrad", "mgda", "cagrad", "imtlg", "alignedmtl", "config",
+           "gradvac", "rgw")
 # torchjd aggregators / weightings with the same definition (see tests for conventions).
 TORCHJD_MATCH = {
     "mean": ("Mean", "MeanWeighting", {}),
@@ -32,6 +33,11 @@ TORCHJD_MATCH = {
     "pcgrad": ("PCGrad", "PCGradWeighting", {}),
     "mgda": ("MGDA", "MGDAWeighting", {}),
     "cagrad": ("CAGrad", "CAGradWeighting", {"c": 0.4}),
+    "imtlg": ("IMTLG", "IMTLGWeighting", {}),
+    "alignedmtl": ("AlignedMTL", "AlignedMTLWeighting", {}),
+    "config": ("ConFIG", None, {}),
+    "gradvac": ("GradVac", "GradVacWeighting", {}),
+    "rgw": ("Random", "RandomWeighting", {}),
 }
 
 
@@ -92,8 +98,8 @@ def _torchjd():
 
 def _fixed_order_combiner(method: str, T: int):
     # A fixed order keeps the random draw out of the timing (it is T x T, negligible).
-    if method == "pcgrad":
-        return make_combiner("pcgrad", order=list(range(T)))
+    if method in ("pcgrad", "gradvac"):
+        return make_combiner(method, order=list(range(T)))
     return make_combiner(method)
 
 
@@ -138,7 +144,9 @@ def _bench_one(T: int, P: int, dev: torch.device, dtype: torch.dtype, repeats: i
     return row
 
 
-def _make_peer(agg, name: str, kwargs: dict):
+def _make_peer(agg, name: str | None, kwargs: dict):
+    if name is None:
+        return None
     try:
         return getattr(agg, name)(**kwargs)
     except Exception:  # a peer missing an optional dependency is just not compared
@@ -164,7 +172,7 @@ def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = 
     agg = _torchjd() if with_peers else None
     rows = []
     for m in methods:
-        if m in ("mean", "sum"):
+        if m in ("mean", "sum", "rgw"):  # no solver
             continue
         comb = make_combiner(m)
         weights = partial(comb.weights, G, generator=torch.Generator().manual_seed(0))

@@ -35,6 +35,8 @@ FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
   return (s0 + s1) + (s2 + s3);
 }
 
+constexpr double kEps64 = 2.220446049250313e-16;
+
 // sum_p a[idx[p]] * b[p]
 FASTMTL_HD inline double gather_dot(const double* a, const int* idx, const double* b, int n) {
   double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
@@ -482,7 +484,8 @@ FASTMTL_HD inline bool cagrad_weights(const double* G, int T, double c, int resc
     } else {
       break;
     }
-    if (hi - lo <= 1e-14 * hi || best_abs_phi <= 1e-14 * sqrt(scale)) break;
+    // Relative to the root's own size: ||g_w*|| can be far below max ||g||.
+    if (hi - lo <= 1e-14 * hi || fabs(f) <= 1e-14 * kappa * beta) break;
     if (it == max_outer - 1) converged = false;
   }
   const double gw = sqrt(fmax(quadratic_form(G, T, w_best), 0.0));
@@ -499,7 +502,7 @@ FASTMTL_HD inline bool cagrad_weights(const double* G, int T, double c, int resc
 // relative to max|lambda| and simple enough to run in one GPU thread.
 // Writes lambda (unsorted) and V (row-major, eigenvector k in column k).
 // ---------------------------------------------------------------------------
-FASTMTL_HD inline int64_t eig_work_doubles(int T) { return 2 * (int64_t)T * T + 4 * (int64_t)T; }
+FASTMTL_HD inline int64_t eig_work_doubles(int T) { return 3 * (int64_t)T * T + 6 * (int64_t)T; }
 
 FASTMTL_HD inline bool jacobi_eigh(const double* G, int T, double* lambda, double* V, double* A,
                                    int max_sweeps) {
@@ -547,6 +550,137 @@ FASTMTL_HD inline bool jacobi_eigh(const double* G, int T, double* lambda, doubl
   return converged;
 }
 
+// ---------------------------------------------------------------------------
+// Symmetric eigen-decomposition by Householder reduction to tridiagonal form followed by
+// the implicit QL algorithm with Wilkinson-type shifts: O(T^3) with a small constant, the
+// fast path for larger T. A (T x T scratch) ends holding the eigenvectors transposed (row k
+// = eigenvector k), so the QL rotations update contiguous rows; V gets them as columns.
+// `e` is T doubles of scratch. Returns false if an eigenvalue needed over 60 QL steps.
+// ---------------------------------------------------------------------------
+FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, double* V,
+                                       double* A, double* e) {
+  double* a = V;  // Householder reduction in place in V (row-major), then Q^T into A
+  double* d = lambda;
+  for (int64_t k = 0; k < (int64_t)T * T; ++k) a[k] = G[k];
+#define FASTMTL_A(i, j) a[(int64_t)(i) * T + (j)]
+  for (int i = T - 1; i > 0; --i) {
+    const int l = i - 1;
+    double h = 0.0;
+    if (l > 0) {
+      double scale = 0.0;
+      for (int k = 0; k <= l; ++k) scale += fabs(FASTMTL_A(i, k));
+      if (scale == 0.0) {
+        e[i] = FASTMTL_A(i, l);
+      } else {
+        for (int k = 0; k <= l; ++k) {
+          FASTMTL_A(i, k) /= scale;
+          h += FASTMTL_A(i, k) * FASTMTL_A(i, k);
+        }
+        double f = FASTMTL_A(i, l);
+        double g = f >= 0.0 ? -sqrt(h) : sqrt(h);
+        e[i] = scale * g;
+        h -= f * g;
+        FASTMTL_A(i, l) = f - g;
+        f = 0.0;
+        for (int j = 0; j <= l; ++j) {
+          FASTMTL_A(j, i) = FASTMTL_A(i, j) / h;
+          g = 0.0;
+          for (int k = 0; k <= j; ++k) g += FASTMTL_A(j, k) * FASTMTL_A(i, k);
+          for (int k = j + 1; k <= l; ++k) g += FASTMTL_A(k, j) * FASTMTL_A(i, k);
+          e[j] = g / h;
+          f += e[j] * FASTMTL_A(i, j);
+        }
+        const double hh = f / (h + h);
+        for (int j = 0; j <= l; ++j) {
+          f = FASTMTL_A(i, j);
+          e[j] = g = e[j] - hh * f;
+          for (int k = 0; k <= j; ++k) FASTMTL_A(j, k) -= f * e[k] + g * FASTMTL_A(i, k);
+        }
+      }
+    } else {
+      e[i] = FASTMTL_A(i, l);
+    }
+    d[i] = h;
+  }
+  d[0] = 0.0;
+  e[0] = 0.0;
+  for (int i = 0; i < T; ++i) {  // accumulate the transformations: Q in a
+    if (d[i] != 0.0) {
+      for (int j = 0; j < i; ++j) {
+        double g = 0.0;
+        for (int k = 0; k < i; ++k) g += FASTMTL_A(i, k) * FASTMTL_A(k, j);
+        for (int k = 0; k < i; ++k) FASTMTL_A(k, j) -= g * FASTMTL_A(k, i);
+      }
+    }
+    d[i] = FASTMTL_A(i, i);
+    FASTMTL_A(i, i) = 1.0;
+    for (int j = 0; j < i; ++j) FASTMTL_A(j, i) = FASTMTL_A(i, j) = 0.0;
+  }
+#undef FASTMTL_A
+  for (int i = 0; i < T; ++i)  // Z^T: row k = column k of Q
+    for (int k = 0; k < T; ++k) A[(int64_t)k * T + i] = a[(int64_t)i * T + k];
+  for (int i = 1; i < T; ++i) e[i - 1] = e[i];
+  if (T > 0) e[T - 1] = 0.0;
+  bool ok = true;
+  for (int l = 0; l < T; ++l) {
+    int iter = 0, m;
+    do {
+      for (m = l; m < T - 1; ++m) {
+        const double dd = fabs(d[m]) + fabs(d[m + 1]);
+        if (fabs(e[m]) <= kEps64 * dd) break;
+      }
+      if (m != l) {
+        if (iter++ == 60) {
+          ok = false;
+          break;
+        }
+        double g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+        double r = hypot(g, 1.0);
+        g = d[m] - d[l] + e[l] / (g + (g >= 0.0 ? fabs(r) : -fabs(r)));
+        double sn = 1.0, c = 1.0, p = 0.0;
+        int i = m - 1;
+        for (; i >= l; --i) {
+          double f = sn * e[i];
+          const double b = c * e[i];
+          e[i + 1] = (r = hypot(f, g));
+          if (r == 0.0) {
+            d[i + 1] -= p;
+            e[m] = 0.0;
+            break;
+          }
+          sn = f / r;
+          c = g / r;
+          g = d[i + 1] - p;
+          r = (d[i] - g) * sn + 2.0 * c * b;
+          d[i + 1] = g + (p = sn * r);
+          g = c * r - b;
+          double* zi = A + (int64_t)i * T;
+          double* zi1 = zi + T;
+          for (int k = 0; k < T; ++k) {  // rotate eigenvector rows i, i + 1
+            f = zi1[k];
+            zi1[k] = sn * zi[k] + c * f;
+            zi[k] = c * zi[k] - sn * f;
+          }
+        }
+        if (r == 0.0 && i >= l) continue;
+        d[l] -= p;
+        e[l] = g;
+        e[m] = 0.0;
+      }
+    } while (m != l);
+  }
+  for (int i = 0; i < T; ++i)
+    for (int k = 0; k < T; ++k) V[(int64_t)k * T + i] = A[(int64_t)i * T + k];
+  return ok;
+}
+
+// The eigen-decomposition the solvers use: tridiagonal QL, with Jacobi as a fallback in the
+// (never observed) case that QL runs out of iterations. A: T x T scratch, e: T scratch.
+FASTMTL_HD inline void symmetric_eigh(const double* G, int T, double* lambda, double* V,
+                                      double* A, double* e) {
+  if (!tridiag_ql_eigh(G, T, lambda, V, A, e)) jacobi_eigh(G, T, lambda, V, A, 100);
+}
+
 // x = M^+ y from an eigen-decomposition, keeping lambda_k > cutoff (others are the
 // null space and rounding noise of a positive semi-definite M).
 FASTMTL_HD inline void eig_pinv_apply(const double* lambda, const double* V, int T, double cutoff,
@@ -565,7 +699,51 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
   return m;
 }
 
-constexpr double kEps64 = 2.220446049250313e-16;
+// Solves M x = y for symmetric M by Cholesky (L in L, row-major); false when a pivot falls
+// below rel_tol * max diag(M), i.e. M is singular to working accuracy. The fast path of
+// the pseudo-inverse solves: for such M, M^+ y = M^{-1} y.
+FASTMTL_HD inline bool cholesky_solve(const double* M, int T, const double* y, double* x,
+                                      double* L, double rel_tol) {
+  double dmax = 0.0;
+  for (int i = 0; i < T; ++i) dmax = fmax(dmax, M[(int64_t)i * T + i]);
+  if (!(dmax > 0.0)) return false;
+  for (int i = 0; i < T; ++i) {
+    double* Li = L + (int64_t)i * T;
+    for (int j = 0; j <= i; ++j) {
+      const double* Lj = L + (int64_t)j * T;
+      const double v = M[(int64_t)i * T + j] - dot(Li, Lj, j);
+      if (j == i) {
+        if (!(v > rel_tol * dmax)) return false;
+        Li[i] = sqrt(v);
+      } else {
+        Li[j] = v / Lj[j];
+      }
+    }
+  }
+  for (int i = 0; i < T; ++i) {
+    const double* Li = L + (int64_t)i * T;
+    x[i] = (y[i] - dot(Li, x, i)) / Li[i];
+  }
+  for (int i = T - 1; i >= 0; --i) {
+    const double* Li = L + (int64_t)i * T;
+    x[i] /= Li[i];
+    for (int j = 0; j < i; ++j) x[j] -= Li[j] * x[i];
+  }
+  return true;
+}
+
+// x = M^+ y for positive semi-definite M: Cholesky when M is well inside the cone, else the
+// eigen-decomposition with eigenvalues above T eps max|lambda| (torch.linalg.pinv's rule).
+FASTMTL_HD inline void psd_pinv_solve(const double* M, int T, const double* y, double* x,
+                                      double* work) {
+  double* lambda = work;
+  double* V = lambda + T;
+  double* A = V + (int64_t)T * T;
+  double* tmp = A + (int64_t)T * T;
+  if (cholesky_solve(M, T, y, x, A, 1e-11)) return;
+  symmetric_eigh(M, T, lambda, V, A, tmp);
+  eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), y, x, tmp);
+}
 
 // ---------------------------------------------------------------------------
 // IMTL-G (Liu et al. 2021): d = J^T w has equal projections on every unit gradient and
@@ -574,14 +752,9 @@ constexpr double kEps64 = 2.220446049250313e-16;
 // (and w = 0) when 1^T G^+ n vanishes, where no such direction exists.
 // ---------------------------------------------------------------------------
 FASTMTL_HD inline bool imtlg_weights(const double* G, int T, double* w, double* work) {
-  double* lambda = work;
-  double* V = lambda + T;
-  double* A = V + (int64_t)T * T;
-  double* n = A + (int64_t)T * T;
-  double* tmp = n + T;
-  jacobi_eigh(G, T, lambda, V, A, 100);
+  double* n = work;
   for (int i = 0; i < T; ++i) n[i] = sqrt(fmax(G[(int64_t)i * T + i], 0.0));
-  eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), n, w, tmp);
+  psd_pinv_solve(G, T, n, w, n + T);
   double total = 0.0, size = 0.0;
   for (int i = 0; i < T; ++i) {
     total += w[i];
@@ -607,7 +780,7 @@ FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode
   double* V = lambda + T;
   double* A = V + (int64_t)T * T;
   double* kept = A + (int64_t)T * T;
-  jacobi_eigh(G, T, lambda, V, A, 100);
+  symmetric_eigh(G, T, lambda, V, A, kept);
   double lmax = 0.0;
   for (int k = 0; k < T; ++k) lmax = fmax(lmax, lambda[k]);
   const double cutoff = lmax * T * rank_eps;
@@ -647,12 +820,9 @@ FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode
 // w_j = (sum_i g_i . b) / ||b||^2 * c_j / ||g_j||. Returns false (w = 0) when b = 0.
 // ---------------------------------------------------------------------------
 FASTMTL_HD inline bool config_weights(const double* G, int T, double* w, double* work) {
-  double* lambda = work;
-  double* V = lambda + T;
-  double* Gn = V + (int64_t)T * T;  // reused as the eigen scratch after normalising
+  double* Gn = work;
   double* n = Gn + (int64_t)T * T;
   double* ones = n + T;
-  double* tmp = ones + T;
   double* c = w;
   for (int i = 0; i < T; ++i) {
     n[i] = sqrt(fmax(G[(int64_t)i * T + i], 0.0));
@@ -660,16 +830,11 @@ FASTMTL_HD inline bool config_weights(const double* G, int T, double* w, double*
   }
   for (int i = 0; i < T; ++i)
     for (int j = 0; j < T; ++j)
-      V[(int64_t)i * T + j] = n[i] > 0.0 && n[j] > 0.0 ? G[(int64_t)i * T + j] / (n[i] * n[j]) : 0.0;
-  jacobi_eigh(V, T, lambda, V, Gn, 100);  // V holds Gn on entry and is read before written
-  eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), ones, c, tmp);
-  // ||b||^2 = c^T Gn c = sum_k lambda_k (v_k . c)^2 over kept k; g_i . b = sum_j G_ij c_j / n_j
+      Gn[(int64_t)i * T + j] = n[i] > 0.0 && n[j] > 0.0 ? G[(int64_t)i * T + j] / (n[i] * n[j]) : 0.0;
+  psd_pinv_solve(Gn, T, ones, c, ones + T);
+  // ||b||^2 = c^T Gn c; g_i . b = sum_j G_ij c_j / n_j
   double bb = 0.0, gb = 0.0;
-  for (int k = 0; k < T; ++k) {
-    double proj = 0.0;
-    for (int i = 0; i < T; ++i) proj += V[(int64_t)i * T + k] * c[i];
-    if (lambda[k] > 0.0) bb += lambda[k] * proj * proj;
-  }
+  for (int i = 0; i < T; ++i) bb += c[i] * dot(Gn + (int64_t)i * T, c, T);
   for (int j = 0; j < T; ++j) {
     if (!(n[j] > 0.0)) continue;
     double col = 0.0;
