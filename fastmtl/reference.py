@@ -266,7 +266,7 @@ def _config_one(G: Tensor) -> tuple[Tensor, Tensor]:
                      torch.zeros_like(G))
     c = _pinv_apply(Gn, (n > 0).to(torch.float64))
     bb = c @ Gn @ c
-    if not bool(bb > 0):
+    if not bool(bb > 1e-20):  # 1 orthogonal to the span: b = 0 up to rounding
         return torch.zeros_like(n), torch.tensor(False)
     gb = (G.sum(0) * c / safe * (n > 0)).sum()
     return torch.where(n > 0, gb / bb * c / safe, torch.zeros_like(n)), torch.tensor(True)

@@ -88,9 +88,10 @@ def test_permutation_invariance(method, J, data):
     # rounding is relative to the inputs or to the output, whichever is larger (IMTL-G's
     # weights grow like 1 / lambda_min on nearly singular G)
     scale = max(float(J.norm(dim=1).max()), float(d.abs().max())) + 1e-300
-    # CAGrad's lambda = c ||g0|| / ||g_w*|| multiplies the solver's rounding when g_w* ~ 0
-    # (here by up to ~1e7 on tiny-row examples): its directions agree to 1e-5.
-    rtol = 1e-5 if method == "cagrad" else 1e-7
+    # CAGrad's lambda = c ||g0|| / ||g_w*|| multiplies the solver's rounding when g_w* ~ 0,
+    # and the pseudo-inverses of IMTL-G and ConFIG multiply it by cond(G) (up to ~1e9 on
+    # the tiny-row examples): those directions agree to 1e-5 of the scale.
+    rtol = 1e-5 if method in ("cagrad", "imtlg", "config") else 1e-7
     assert float((d - d_perm).abs().max()) <= rtol * scale
 
 

@@ -699,48 +699,15 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
   return m;
 }
 
-// Solves M x = y for symmetric M by Cholesky (L in L, row-major); false when a pivot falls
-// below rel_tol * max diag(M), i.e. M is singular to working accuracy. The fast path of
-// the pseudo-inverse solves: for such M, M^+ y = M^{-1} y.
-FASTMTL_HD inline bool cholesky_solve(const double* M, int T, const double* y, double* x,
-                                      double* L, double rel_tol) {
-  double dmax = 0.0;
-  for (int i = 0; i < T; ++i) dmax = fmax(dmax, M[(int64_t)i * T + i]);
-  if (!(dmax > 0.0)) return false;
-  for (int i = 0; i < T; ++i) {
-    double* Li = L + (int64_t)i * T;
-    for (int j = 0; j <= i; ++j) {
-      const double* Lj = L + (int64_t)j * T;
-      const double v = M[(int64_t)i * T + j] - dot(Li, Lj, j);
-      if (j == i) {
-        if (!(v > rel_tol * dmax)) return false;
-        Li[i] = sqrt(v);
-      } else {
-        Li[j] = v / Lj[j];
-      }
-    }
-  }
-  for (int i = 0; i < T; ++i) {
-    const double* Li = L + (int64_t)i * T;
-    x[i] = (y[i] - dot(Li, x, i)) / Li[i];
-  }
-  for (int i = T - 1; i >= 0; --i) {
-    const double* Li = L + (int64_t)i * T;
-    x[i] /= Li[i];
-    for (int j = 0; j < i; ++j) x[j] -= Li[j] * x[i];
-  }
-  return true;
-}
-
-// x = M^+ y for positive semi-definite M: Cholesky when M is well inside the cone, else the
-// eigen-decomposition with eigenvalues above T eps max|lambda| (torch.linalg.pinv's rule).
+// x = M^+ y for positive semi-definite M, from its eigen-decomposition with eigenvalues
+// above T eps max|lambda| (torch.linalg.pinv's rule). (A Cholesky fast path was tried and
+// dropped: its pivots do not bound lambda_min, so it could keep what the cut-off drops.)
 FASTMTL_HD inline void psd_pinv_solve(const double* M, int T, const double* y, double* x,
                                       double* work) {
   double* lambda = work;
   double* V = lambda + T;
   double* A = V + (int64_t)T * T;
   double* tmp = A + (int64_t)T * T;
-  if (cholesky_solve(M, T, y, x, A, 1e-11)) return;
   symmetric_eigh(M, T, lambda, V, A, tmp);
   eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), y, x, tmp);
 }
@@ -841,7 +808,9 @@ FASTMTL_HD inline bool config_weights(const double* G, int T, double* w, double*
     for (int i = 0; i < T; ++i) col += G[(int64_t)i * T + j];
     gb += col * c[j] / n[j];
   }
-  if (!(bb > 0.0)) {
+  // 1^T Gn^+ 1 = 0 exactly when 1 is orthogonal to the gradients' span (e.g. opposite unit
+  // gradients); rounding leaves ~(T eps)^2 there, whose direction would be pure noise.
+  if (!(bb > 1e-20)) {
     for (int j = 0; j < T; ++j) w[j] = 0.0;
     return false;
   }
