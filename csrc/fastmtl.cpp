@@ -21,7 +21,7 @@ TORCH_LIBRARY(fastmtl, m) {
   m.def(
       "cagrad_weights(Tensor G, float c, int rescale, int max_outer, int max_inner) "
       "-> (Tensor, Tensor, Tensor)");
-  m.def("eigh_jacobi(Tensor G) -> (Tensor, Tensor)");
+  m.def("symmetric_eigh(Tensor G) -> (Tensor, Tensor)");
   m.def("imtlg_weights(Tensor G) -> (Tensor, Tensor)");
   m.def("aligned_mtl_weights(Tensor G, int scale_mode, float rank_eps) -> (Tensor, Tensor)");
   m.def("config_weights(Tensor G) -> (Tensor, Tensor)");

@@ -34,7 +34,7 @@ __all__ = [
 
 _OPS = (
     "gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights",
-    "eigh_jacobi", "imtlg_weights", "aligned_mtl_weights", "config_weights",
+    "symmetric_eigh", "imtlg_weights", "aligned_mtl_weights", "config_weights",
     "gradvac_coefficients",
 )
 
@@ -142,8 +142,8 @@ def eigh(G: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenvalues (unsorted) and eigenvectors (columns) of symmetric float64 ``G``, by
     Householder tridiagonalisation and implicit QL (the routine the eigen-based solvers
     use; cyclic Jacobi as its fallback)."""
-    if has_native_kernel("eigh_jacobi", G.device.type):
-        return torch.ops.fastmtl.eigh_jacobi(G)
+    if has_native_kernel("symmetric_eigh", G.device.type):
+        return torch.ops.fastmtl.symmetric_eigh(G)
     return reference.eigh(G)
 
 
@@ -205,7 +205,7 @@ if native_available():
         w = G.new_empty(G.shape[:-1])
         return w, torch.empty_like(w), G.new_empty(G.shape[:-2], dtype=torch.bool)
 
-    @torch.library.register_fake("fastmtl::eigh_jacobi")
+    @torch.library.register_fake("fastmtl::symmetric_eigh")
     def _eigh_fake(G):
         return G.new_empty(G.shape[:-1]), torch.empty_like(G)
 

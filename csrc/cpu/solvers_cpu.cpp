@@ -85,7 +85,7 @@ void for_each_problem(int64_t batch, int64_t work, const F& fn) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> eigh_jacobi_cpu(const at::Tensor& G_in) {
+std::tuple<at::Tensor, at::Tensor> symmetric_eigh_cpu(const at::Tensor& G_in) {
   const int64_t T = check_gram_batch(G_in, "G");
   const at::Tensor G = G_in.contiguous();
   at::Tensor lambda = at::empty(batch_shape(G, 1), G.options());
@@ -159,7 +159,7 @@ at::Tensor gradvac_coefficients_cpu(const at::Tensor& G_in, const at::Tensor& or
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
-  m.impl("eigh_jacobi", &eigh_jacobi_cpu);
+  m.impl("symmetric_eigh", &symmetric_eigh_cpu);
   m.impl("imtlg_weights", &imtlg_weights_cpu);
   m.impl("aligned_mtl_weights", &aligned_mtl_weights_cpu);
   m.impl("config_weights", &config_weights_cpu);

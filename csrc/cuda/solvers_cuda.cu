@@ -129,7 +129,7 @@ __global__ void gradvac_kernel(const double* G, const int64_t* order, int T, int
   solvers::gradvac_coefficients(G + off, T, order + off, rho + off, beta, eps, C + off);
 }
 
-std::tuple<at::Tensor, at::Tensor> eigh_jacobi_cuda(const at::Tensor& G_in) {
+std::tuple<at::Tensor, at::Tensor> symmetric_eigh_cuda(const at::Tensor& G_in) {
   const int64_t T = check_gram_batch(G_in, "G");
   c10::cuda::CUDAGuard guard(G_in.device());
   const at::Tensor G = G_in.contiguous();
@@ -201,7 +201,7 @@ at::Tensor gradvac_coefficients_cuda(const at::Tensor& G_in, const at::Tensor& o
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
-  m.impl("eigh_jacobi", &eigh_jacobi_cuda);
+  m.impl("symmetric_eigh", &symmetric_eigh_cuda);
   m.impl("imtlg_weights", &imtlg_weights_cuda);
   m.impl("aligned_mtl_weights", &aligned_mtl_weights_cuda);
   m.impl("config_weights", &config_weights_cuda);
