@@ -44,6 +44,14 @@ inline int64_t check_gram_batch(const at::Tensor& G, const char* name) {
   return G.size(-1);
 }
 
+// Per-task visiting orders of PCGrad and GradVac: int64 of G's shape.
+inline void check_order(const at::Tensor& order, const at::Tensor& G) {
+  TORCH_CHECK_VALUE(order.sizes() == G.sizes(), "order must have the shape of G ", G.sizes(),
+                    ", got ", order.sizes());
+  TORCH_CHECK_TYPE(order.scalar_type() == at::kLong, "order must be int64, got ",
+                   order.scalar_type());
+}
+
 // The Gram matrix accumulates in float32 for 16/32-bit inputs and float64 for float64.
 inline at::ScalarType gram_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

@@ -13,9 +13,7 @@ namespace {
 at::Tensor pcgrad_coefficients_cpu(const at::Tensor& G_in, const at::Tensor& order_in,
                                    bool include_self, double eps, bool eps_on_norm) {
   const int64_t T = check_gram_batch(G_in, "G");
-  TORCH_CHECK_VALUE(order_in.sizes() == G_in.sizes(), "order must have the shape of G ",
-                    G_in.sizes(), ", got ", order_in.sizes());
-  TORCH_CHECK_TYPE(order_in.scalar_type() == at::kLong, "order must be int64");
+  check_order(order_in, G_in);
   const at::Tensor G = G_in.contiguous(), order = order_in.contiguous();
   at::Tensor C = at::empty_like(G);
   const int64_t batch = G.numel() / (T * T);
@@ -139,8 +137,7 @@ std::tuple<at::Tensor, at::Tensor> aligned_mtl_weights_cpu(const at::Tensor& G,
 at::Tensor gradvac_coefficients_cpu(const at::Tensor& G_in, const at::Tensor& order_in,
                                     at::Tensor rho, double beta, double eps) {
   const int64_t T = check_gram_batch(G_in, "G");
-  TORCH_CHECK_VALUE(order_in.sizes() == G_in.sizes(), "order must have the shape of G");
-  TORCH_CHECK_TYPE(order_in.scalar_type() == at::kLong, "order must be int64");
+  check_order(order_in, G_in);
   TORCH_CHECK_VALUE(rho.sizes() == G_in.sizes() && rho.scalar_type() == at::kDouble &&
                         rho.is_contiguous(),
                     "rho must be a contiguous float64 tensor of the shape of G");

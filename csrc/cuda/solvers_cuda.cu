@@ -44,8 +44,7 @@ __global__ void cagrad_kernel(const double* G, int T, int64_t batch, double c, i
 at::Tensor pcgrad_coefficients_cuda(const at::Tensor& G_in, const at::Tensor& order_in,
                                     bool include_self, double eps, bool eps_on_norm) {
   const int64_t T = check_gram_batch(G_in, "G");
-  TORCH_CHECK_VALUE(order_in.sizes() == G_in.sizes(), "order must have the shape of G");
-  TORCH_CHECK_TYPE(order_in.scalar_type() == at::kLong, "order must be int64");
+  check_order(order_in, G_in);
   c10::cuda::CUDAGuard guard(G_in.device());
   const at::Tensor G = G_in.contiguous(), order = order_in.contiguous();
   at::Tensor C = at::empty_like(G);
@@ -181,8 +180,7 @@ std::tuple<at::Tensor, at::Tensor> aligned_mtl_weights_cuda(const at::Tensor& G,
 at::Tensor gradvac_coefficients_cuda(const at::Tensor& G_in, const at::Tensor& order_in,
                                      at::Tensor rho, double beta, double eps) {
   const int64_t T = check_gram_batch(G_in, "G");
-  TORCH_CHECK_VALUE(order_in.sizes() == G_in.sizes(), "order must have the shape of G");
-  TORCH_CHECK_TYPE(order_in.scalar_type() == at::kLong, "order must be int64");
+  check_order(order_in, G_in);
   TORCH_CHECK_VALUE(rho.sizes() == G_in.sizes() && rho.scalar_type() == at::kDouble &&
                         rho.is_contiguous() && rho.device() == G_in.device(),
                     "rho must be a contiguous float64 tensor of the shape of G on its device");
