@@ -124,16 +124,17 @@ def _leaves_reached(loss: Tensor, stop: set[Any] = frozenset()) -> list[Tensor]:
 
 
 def _solve(
-    combiner: Combiner, blocks: list[Tensor], losses: list[Tensor],
+    combiner: Combiner, blocks: list[Tensor], losses: list[Tensor] | None,
     generator: torch.Generator | None, check_finite: bool,
 ) -> tuple[Tensor, Tensor, dict]:
-    """G = sum of the blocks' Gram matrices (G is additive over columns), then the weights."""
-    T = len(losses)
+    """G = sum of the blocks' Gram matrices (G is additive over columns), then the weights.
+    ``losses`` may be None (fork sees no losses); combiners that need them then raise."""
+    T = blocks[0].shape[0]
     G = sum(ops.gram(b).to(torch.float64) for b in blocks)
     if check_finite:
         check_finite_gram(G)
     loss_vec = None
-    if combiner.needs_losses:
+    if combiner.needs_losses and losses is not None:
         loss_vec = torch.stack([loss.detach().to(torch.float64) for loss in losses])
     w, extras = combiner._solve(G, T, G.device, generator, loss_vec)
     return w, G, extras
@@ -256,8 +257,7 @@ def backward(
         if len(losses) == 1:
             losses[0].backward()
             return BackwardResult("single")
-        return _feature_level(losses, zs, comb, generator, feature_reduction, batched,
-                              check_finite)
+        return _feature_level(losses, zs, comb, generator, feature_reduction, check_finite)
     if shared is None:
         reached = [_leaves_reached(loss) for loss in losses]
         counts: dict[int, int] = {}
@@ -315,7 +315,7 @@ def _parameter_level(losses, shared, comb, generator, batched, check_finite) -> 
     return BackwardResult("parameter", w, G, extras, path)
 
 
-def _feature_level(losses, zs, comb, generator, reduction, batched, check_finite):
+def _feature_level(losses, zs, comb, generator, reduction, check_finite):
     T = len(losses)
     stop = {z.grad_fn if z.grad_fn is not None else z for z in zs}
     z_leaf_ids = {id(z) for z in zs if z.grad_fn is None}
@@ -369,10 +369,7 @@ class _Fork(torch.autograd.Function):
         ref = next(g for g in grads if g is not None)
         rows = [g if g is not None else torch.zeros_like(ref) for g in grads]
         J = torch.stack(rows).reshape(len(rows), -1)
-        G = ops.gram(J)
-        if state.check_finite:
-            check_finite_gram(G)
-        w, extras = state.combiner._solve(G, len(rows), G.device, state.generator, None)
+        w, G, extras = _solve(state.combiner, [J], None, state.generator, state.check_finite)
         d = ops.combine_rows(w, J).view_as(ref)
         state.last = BackwardResult("feature", w, G, extras, "fork")
         if state.on_combine is not None:

@@ -4,7 +4,6 @@ CVPR 2023."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .. import ops
 from .base import Combiner, register
@@ -55,6 +54,3 @@ class AlignedMTL(Combiner):
             G.to(torch.float64), _SCALE_MODES[self.scale_mode], self.rank_eps
         )
         return w, {"rank": rank}
-
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
-        return self._solve(G, G.shape[-1], G.device, generator, losses)[0]

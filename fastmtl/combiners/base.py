@@ -191,13 +191,16 @@ class Combiner(torch.nn.Module):
         losses: Tensor | None = None,
     ) -> Tensor:
         """Task weights (float64 ``[T]``) from the Gram matrix ``G`` ``[T, T]``."""
-        raise NotImplementedError
+        if type(self)._solve is Combiner._solve:
+            raise NotImplementedError(f"{type(self).__name__} defines neither weights nor _solve")
+        return self._solve(G, G.shape[-1], G.device, generator, losses)[0]
 
     def _solve(
         self, G: Tensor | None, T: int, device: torch.device,
         generator: torch.Generator | None, losses: Tensor | None,
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Weights and diagnostics; methods with extra outputs override this."""
+        """Weights and diagnostics. A subclass overrides this one (methods with diagnostics)
+        or :meth:`weights` (the rest); each default is defined by the other."""
         assert G is not None
         return self.weights(G, generator=generator, losses=losses), {}
 

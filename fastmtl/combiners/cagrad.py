@@ -3,7 +3,6 @@ r"""CAGrad: Liu et al., *Conflict-Averse Gradient Descent for Multi-task Learnin
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .. import ops
 from .base import Combiner, register
@@ -51,6 +50,3 @@ class CAGrad(Combiner):
     def _solve(self, G, T, device, generator, losses):
         weights, w_star, converged = ops.cagrad_weights(G.to(torch.float64), self.c, self.rescale)
         return weights, {"w_star": w_star, "converged": converged}
-
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
-        return self._solve(G, G.shape[-1], G.device, generator, losses)[0]

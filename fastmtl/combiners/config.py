@@ -4,7 +4,6 @@ Networks*, ICLR 2025."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .. import ops
 from .base import Combiner, register
@@ -33,6 +32,3 @@ class ConFIG(Combiner):
     def _solve(self, G, T, device, generator, losses):
         w, defined = ops.config_weights(G.to(torch.float64))
         return w, {"defined": defined}
-
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
-        return self._solve(G, G.shape[-1], G.device, generator, losses)[0]

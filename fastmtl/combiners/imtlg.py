@@ -3,7 +3,6 @@ r"""IMTL-G: Liu et al., *Towards Impartial Multi-task Learning*, ICLR 2021 (grad
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .. import ops
 from .base import Combiner, register
@@ -34,6 +33,3 @@ class IMTLG(Combiner):
     def _solve(self, G, T, device, generator, losses):
         w, defined = ops.imtlg_weights(G.to(torch.float64))
         return w, {"defined": defined}
-
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
-        return self._solve(G, G.shape[-1], G.device, generator, losses)[0]
