@@ -28,4 +28,8 @@ TORCH_LIBRARY(fastmtl, m) {
   m.def(
       "gradvac_coefficients(Tensor G, Tensor order, Tensor(a!) rho, float beta, float eps) "
       "-> Tensor");
+  m.def("nash_weights(Tensor G, int max_iter, float tol) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "dual_cone_weights(Tensor G, Tensor U, float norm_eps, float reg_eps, int max_iter) "
+      "-> (Tensor, Tensor)");
 }

@@ -63,4 +63,20 @@ inline std::vector<int64_t> batch_shape(const at::Tensor& G, int64_t trailing_dr
   return sizes;
 }
 
+// Lower bounds of the dual-cone QPs: U [K, T] float64, shared by every G of the batch.
+inline void check_dual_cone_args(const at::Tensor& G, const at::Tensor& U, int64_t T) {
+  TORCH_CHECK_VALUE(U.dim() == 2 && U.size(1) == T && U.size(0) >= 1,
+                    "U must be [K, T] with T = ", T, ", got ", U.sizes());
+  TORCH_CHECK_TYPE(U.scalar_type() == at::kDouble, "U must be float64, got ", U.scalar_type());
+  TORCH_CHECK_VALUE(U.device() == G.device(), "U and G must be on the same device");
+}
+
+// [..., K, T]: one solution per G of the batch and row of U.
+inline std::vector<int64_t> dual_cone_shape(const at::Tensor& G, int64_t K) {
+  auto sizes = batch_shape(G, 2);
+  sizes.push_back(K);
+  sizes.push_back(G.size(-1));
+  return sizes;
+}
+
 }  // namespace fastmtl

@@ -18,10 +18,13 @@ from .combiners import (
     Combiner,
     CombineResult,
     ConFIG,
+    DualProj,
     GradVac,
     Mean,
+    NashMTL,
     PCGrad,
     Sum,
+    UPGrad,
     available_methods,
 )
 
@@ -47,6 +50,9 @@ __all__ = [
     "ConFIG",
     "GradVac",
     "RGW",
+    "NashMTL",
+    "UPGrad",
+    "DualProj",
     "ops",
     "reference",
 ]

@@ -35,7 +35,7 @@ __all__ = [
 _OPS = (
     "gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights",
     "symmetric_eigh", "imtlg_weights", "aligned_mtl_weights", "config_weights",
-    "gradvac_coefficients",
+    "gradvac_coefficients", "nash_weights", "dual_cone_weights",
 )
 
 
@@ -176,6 +176,34 @@ def gradvac_coefficients(G: Tensor, order: Tensor, rho: Tensor, *, beta: float,
     return reference.gradvac_coefficients(G, order, rho, beta, eps)
 
 
+def nash_weights(G: Tensor, *, max_iter: int = 100, tol: float = 1e-12
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Nash-MTL weights from ``G`` ``[..., T, T]``: ``(alpha, residual, converged)``.
+
+    :math:`\alpha > 0` solves :math:`G\alpha = 1/\alpha`; ``residual`` is
+    :math:`\max_i |\alpha_i (G\alpha)_i - 1|`. ``converged`` is False where no such point
+    exists (then ``alpha`` solves the problem regularised by :math:`10^{-8} I` in the
+    normalised units).
+    """
+    if has_native_kernel("nash_weights", G.device.type):
+        return torch.ops.fastmtl.nash_weights(G, max_iter, tol)
+    return reference.nash_weights(G, max_iter, tol)
+
+
+def dual_cone_weights(G: Tensor, U: Tensor, *, norm_eps: float = 1e-4, reg_eps: float = 1e-4,
+                      max_iter: int | None = None) -> tuple[Tensor, Tensor]:
+    r"""Projections of UPGrad and DualProj: ``(W, converged)`` with ``W`` ``[..., K, T]``.
+
+    Row :math:`k` of ``W`` is :math:`\arg\min_{v \ge u_k} v^\top A v` for row :math:`u_k`
+    of ``U`` ``[K, T]``, where :math:`A = G/\operatorname{tr}G + \text{reg\_eps}\, I` (the
+    first term is 0 when the trace is below ``norm_eps``): torchjd's conventions.
+    """
+    max_iter = 4 * G.shape[-1] + 20 if max_iter is None else max_iter
+    if has_native_kernel("dual_cone_weights", G.device.type):
+        return torch.ops.fastmtl.dual_cone_weights(G, U, norm_eps, reg_eps, max_iter)
+    return reference.dual_cone_weights(G, U, norm_eps, reg_eps, max_iter)
+
+
 if native_available():
 
     @torch.library.register_fake("fastmtl::gram")
@@ -227,3 +255,14 @@ if native_available():
     @torch.library.register_fake("fastmtl::gradvac_coefficients")
     def _gradvac_fake(G, order, rho, beta, eps):
         return torch.empty_like(G)
+
+    @torch.library.register_fake("fastmtl::nash_weights")
+    def _nash_fake(G, max_iter, tol):
+        batch = G.shape[:-2]
+        return G.new_empty(G.shape[:-1]), G.new_empty(batch), G.new_empty(batch, dtype=torch.bool)
+
+    @torch.library.register_fake("fastmtl::dual_cone_weights")
+    def _dual_cone_fake(G, U, norm_eps, reg_eps, max_iter):
+        torch._check(U.dim() == 2, lambda: "U must be [K, T]")
+        W = G.new_empty((*G.shape[:-2], U.shape[0], G.shape[-1]))
+        return W, G.new_empty(G.shape[:-2], dtype=torch.bool)

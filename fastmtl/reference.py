@@ -304,3 +304,149 @@ def gradvac_coefficients(G: Tensor, order: Tensor, rho: Tensor, beta: float,
         flatR[b].copy_(rh)
         out.append(C)
     return torch.stack(out).reshape(G.shape).to(G.device)
+
+
+def _nash_excess(M: Tensor, a: Tensor) -> float:
+    """Residual beyond the rounding floor of ``a * (M @ a)`` (cancellation in ``M @ a``)."""
+    floor = 8 * (M.shape[0] + 1) * torch.finfo(M.dtype).eps * a * (M * a).abs().sum(1)
+    res = (a * (M @ a) - 1).abs()
+    return float(torch.where(floor < 1e-2, res - floor, res).max())
+
+
+def _ray_scale(M: Tensor, a: Tensor) -> Tensor:
+    """The best multiple of ``a``: ``argmin_g f(g a)`` has ``g^2 = T / a^T M a``."""
+    q = float(a @ M @ a)
+    return a * math.sqrt(a.numel() / q) if 0 < q < 1e300 else a
+
+
+def _nash_newton(M: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, bool]:
+    """Newton on f(a) = a^T M a / 2 - sum(log a): Armijo backtracking inside a > 0 and the
+    best point on the ray through ``a`` while the decrement is >= 1/4, then full steps."""
+
+    def f(x: Tensor) -> float:
+        return float(0.5 * x @ M @ x - torch.log(x).sum())
+
+    polish = 2
+    a = _ray_scale(M, a)
+    for _ in range(max_iter):
+        res = _nash_excess(M, a)
+        if not math.isfinite(res):
+            return a, False
+        if res <= tol:
+            if polish == 0:
+                return a, True
+            polish -= 1
+        grad = M @ a - 1 / a
+        try:
+            step = torch.linalg.solve(M + torch.diag(1 / a**2), -grad)
+        except torch.linalg.LinAlgError:  # rounding made the Hessian singular: a diverges
+            return a, False
+        dec2 = float(-(grad @ step))
+        if not dec2 > 0:
+            return a, res <= tol
+        if dec2 < 0.0625:
+            a = a + step
+            continue
+        neg = step < 0
+        t = min(1.0, float((-0.99 * a[neg] / step[neg]).min())) if bool(neg.any()) else 1.0
+        f0 = f(a)
+        for _ in range(60):
+            if f(a + t * step) <= f0 - 1e-4 * t * dec2:
+                break
+            t *= 0.5
+        a = _ray_scale(M, a + t * step)
+    return a, _nash_excess(M, a) <= tol
+
+
+def _nash_one(G: Tensor, max_iter: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    T = G.shape[0]
+    s = float(G.diagonal().sum()) / T
+    if not s > 0:
+        return torch.ones(T, dtype=G.dtype), torch.tensor(1.0, dtype=G.dtype), torch.tensor(False)
+    M = G / s
+    d = M.diagonal()
+    a0 = torch.where(d > 1e-12, d.clamp_min(1e-300).rsqrt(), torch.ones_like(d))
+    a, ok = _nash_newton(M, a0, max_iter, tol)
+    if not ok:
+        reg = M + 1e-8 * torch.eye(T, dtype=M.dtype)
+        a, _ = _nash_newton(reg, torch.ones_like(d), max_iter, tol)
+    res = (a * (M @ a) - 1).abs().max()
+    return a / math.sqrt(s), res, torch.tensor(ok)
+
+
+def nash_weights(G: Tensor, max_iter: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Nash-MTL: :math:`\alpha > 0` with :math:`G\alpha = 1/\alpha`, the residual
+    :math:`\max_i |\alpha_i (G\alpha)_i - 1|` and a convergence flag.
+
+    Newton with a line search on :math:`\tfrac12 a^\top (G/s) a - \sum_i \log a_i`
+    (:math:`s` the mean diagonal); without a solution (an unbounded problem), the same with
+    :math:`10^{-8} I` added, and the flag False.
+    """
+    return _batched(lambda g: _nash_one(g, max_iter, tol), G)
+
+
+def dual_cone_matrix(G: Tensor, norm_eps: float, reg_eps: float) -> Tensor:
+    """torchjd's normalisation: ``G / trace(G)`` (zero below ``norm_eps``) plus ``reg_eps I``."""
+    trace = float(G.diagonal().sum())
+    A = G / trace if trace >= norm_eps and trace > 0 else torch.zeros_like(G)
+    return A + reg_eps * torch.eye(G.shape[0], dtype=G.dtype)
+
+
+def _lower_bound_qp(A: Tensor, u: Tensor, max_iter: int) -> tuple[Tensor, bool]:
+    """min v^T A v / 2 over v >= u: Lawson-Hanson active set on x = v - u, re-solving the
+    free block from scratch each time (the native op updates a Cholesky factor)."""
+    T = A.shape[0]
+    c = A @ u
+    x = torch.zeros_like(u)
+    free = torch.zeros(T, dtype=torch.bool)
+    skipped = torch.zeros(T, dtype=torch.bool)
+    tol = 1e-13 * float(u.abs().sum()) * float(A.diagonal().max().clamp_min(0))
+    for _ in range(max_iter):
+        grad = A @ x + c
+        candidates = ~free & ~skipped
+        if not bool(candidates.any()):
+            return u + x, True
+        j = int(torch.where(candidates, grad, torch.full_like(grad, math.inf)).argmin())
+        if not float(grad[j]) < -tol:
+            return u + x, True
+        trial = free.clone()
+        trial[j] = True
+        idx = trial.nonzero().flatten()
+        if torch.linalg.matrix_rank(A[idx][:, idx], hermitian=True, rtol=1e-12) < idx.numel():
+            skipped[j] = True
+            continue
+        free = trial
+        for _ in range(T + 1):
+            idx = free.nonzero().flatten()
+            z = torch.zeros_like(x)
+            z[idx] = torch.linalg.solve(A[idx][:, idx], -c[idx])
+            bad = free & (z <= 0)
+            if not bool(bad.any()):
+                x = z
+                break
+            ratios = torch.where(bad, x / (x - z), torch.full_like(x, math.inf))
+            x = x + float(ratios.min()) * (z - x)
+            x[bad & (ratios <= ratios.min())] = 0
+            free &= x > 0
+        others = trial & ~free
+        others[j] = False
+        if bool(others.any()):  # the free set lost a column: skipped ones may enter again
+            skipped.zero_()
+        if not bool(free[j]):
+            skipped[j] = True
+    return u + x, False
+
+
+def dual_cone_weights(G: Tensor, U: Tensor, norm_eps: float, reg_eps: float,
+                      max_iter: int) -> tuple[Tensor, Tensor]:
+    r"""UPGrad / DualProj projections: for every row :math:`u_k` of ``U`` ``[K, T]``,
+    :math:`v_k = \arg\min_{v \ge u_k} v^\top A v` with :math:`A` from
+    :func:`dual_cone_matrix`; returns ``W`` ``[..., K, T]`` and a convergence flag."""
+    Uc = U.to("cpu", torch.float64)
+
+    def one(g: Tensor) -> tuple[Tensor, Tensor]:
+        A = dual_cone_matrix(g, norm_eps, reg_eps)
+        rows, oks = zip(*(_lower_bound_qp(A, u, max_iter) for u in Uc), strict=True)
+        return torch.stack(rows), torch.tensor(all(oks))
+
+    return _batched(one, G)

@@ -6,6 +6,7 @@
 
 #include "../ops_common.h"
 #include "fastmtl/solvers.h"
+#include "fastmtl/solvers_nash_qp.h"
 
 namespace fastmtl {
 namespace {
@@ -153,9 +154,59 @@ at::Tensor gradvac_coefficients_cpu(const at::Tensor& G_in, const at::Tensor& or
   return C;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nash_weights_cpu(const at::Tensor& G_in,
+                                                                int64_t max_iter, double tol) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  const at::Tensor G = G_in.contiguous();
+  at::Tensor alpha = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor residual = at::empty(batch_shape(G, 2), G.options());
+  at::Tensor ok = at::empty(batch_shape(G, 2), G.options().dtype(at::kBool));
+  const double* g = G.const_data_ptr<double>();
+  double *ap = alpha.data_ptr<double>(), *rp = residual.data_ptr<double>();
+  bool* okp = ok.data_ptr<bool>();
+  for_each_problem(G.numel() / (T * T), solvers::nash_work_doubles((int)T),
+                   [&](int64_t b, double* ws) {
+                     okp[b] = solvers::nash_weights(g + b * T * T, (int)T, ap + b * T, rp + b, ws,
+                                                    (int)max_iter, tol);
+                   });
+  return {alpha, residual, ok};
+}
+
+std::tuple<at::Tensor, at::Tensor> dual_cone_weights_cpu(const at::Tensor& G_in,
+                                                         const at::Tensor& U_in, double norm_eps,
+                                                         double reg_eps, int64_t max_iter) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  check_dual_cone_args(G_in, U_in, T);
+  const at::Tensor G = G_in.contiguous(), U = U_in.contiguous();
+  const int64_t K = U.size(0), batch = G.numel() / (T * T);
+  at::Tensor W = at::empty(dual_cone_shape(G, K), G.options());
+  at::Tensor ok = at::empty({batch, K}, G.options().dtype(at::kBool));
+  const double *g = G.const_data_ptr<double>(), *u = U.const_data_ptr<double>();
+  double* wp = W.data_ptr<double>();
+  bool* okp = ok.data_ptr<bool>();
+  const int t = (int)T;
+  at::parallel_for(0, batch * K, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<double> dwork(T * T + solvers::lower_bound_qp_work_doubles(t));
+    std::vector<int> iwork(solvers::lower_bound_qp_work_ints(t));
+    int64_t built = -1;  // the batch entry whose A is in dwork
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p / K, k = p % K;
+      if (b != built) {
+        solvers::dual_cone_matrix(g + b * T * T, t, norm_eps, reg_eps, dwork.data());
+        built = b;
+      }
+      okp[p] = solvers::lower_bound_qp(dwork.data(), t, u + k * T, wp + p * T,
+                                       dwork.data() + T * T, iwork.data(), (int)max_iter);
+    }
+  });
+  return {W, ok.all(-1).reshape(batch_shape(G, 2))};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
+  m.impl("nash_weights", &nash_weights_cpu);
+  m.impl("dual_cone_weights", &dual_cone_weights_cpu);
   m.impl("symmetric_eigh", &symmetric_eigh_cpu);
   m.impl("imtlg_weights", &imtlg_weights_cpu);
   m.impl("aligned_mtl_weights", &aligned_mtl_weights_cpu);

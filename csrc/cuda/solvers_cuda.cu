@@ -6,6 +6,7 @@
 
 #include "../ops_common.h"
 #include "fastmtl/solvers.h"
+#include "fastmtl/solvers_nash_qp.h"
 
 namespace fastmtl {
 namespace {
@@ -128,6 +129,70 @@ __global__ void gradvac_kernel(const double* G, const int64_t* order, int T, int
   solvers::gradvac_coefficients(G + off, T, order + off, rho + off, beta, eps, C + off);
 }
 
+__global__ void nash_kernel(const double* G, int T, int64_t batch, int max_iter, double tol,
+                            double* alpha, double* residual, bool* ok, double* work) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  ok[b] = solvers::nash_weights(G + b * T * T, T, alpha + b * T, residual + b,
+                                work + b * solvers::nash_work_doubles(T), max_iter, tol);
+}
+
+// One thread per (G, row of U) problem; each builds its own normalised matrix A.
+__global__ void dual_cone_kernel(const double* G, const double* U, int T, int64_t K,
+                                 int64_t problems, double norm_eps, double reg_eps, int max_iter,
+                                 double* W, bool* ok, double* dwork, int* iwork) {
+  const int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= problems) return;
+  const int64_t b = p / K, k = p % K;
+  double* A = dwork + p * ((int64_t)T * T + solvers::lower_bound_qp_work_doubles(T));
+  solvers::dual_cone_matrix(G + b * T * T, T, norm_eps, reg_eps, A);
+  ok[p] = solvers::lower_bound_qp(A, T, U + k * T, W + p * T, A + (int64_t)T * T,
+                                  iwork + p * solvers::lower_bound_qp_work_ints(T), max_iter);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nash_weights_cuda(const at::Tensor& G_in,
+                                                                 int64_t max_iter, double tol) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous();
+  const int64_t batch = G.numel() / (T * T);
+  at::Tensor alpha = at::empty(batch_shape(G, 1), G.options());
+  at::Tensor residual = at::empty(batch_shape(G, 2), G.options());
+  at::Tensor ok = at::empty(batch_shape(G, 2), G.options().dtype(at::kBool));
+  if (batch == 0) return {alpha, residual, ok};
+  at::Tensor work = at::empty({batch * solvers::nash_work_doubles((int)T)}, G.options());
+  nash_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      G.const_data_ptr<double>(), (int)T, batch, (int)max_iter, tol, alpha.data_ptr<double>(),
+      residual.data_ptr<double>(), ok.data_ptr<bool>(), work.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {alpha, residual, ok};
+}
+
+std::tuple<at::Tensor, at::Tensor> dual_cone_weights_cuda(const at::Tensor& G_in,
+                                                          const at::Tensor& U_in,
+                                                          double norm_eps, double reg_eps,
+                                                          int64_t max_iter) {
+  const int64_t T = check_gram_batch(G_in, "G");
+  check_dual_cone_args(G_in, U_in, T);
+  c10::cuda::CUDAGuard guard(G_in.device());
+  const at::Tensor G = G_in.contiguous(), U = U_in.contiguous();
+  const int64_t K = U.size(0), batch = G.numel() / (T * T), problems = batch * K;
+  at::Tensor W = at::empty(dual_cone_shape(G, K), G.options());
+  at::Tensor ok = at::empty({batch, K}, G.options().dtype(at::kBool));
+  if (problems > 0) {
+    at::Tensor dwork = at::empty(
+        {problems * (T * T + solvers::lower_bound_qp_work_doubles((int)T))}, G.options());
+    at::Tensor iwork = at::empty({problems * solvers::lower_bound_qp_work_ints((int)T)},
+                                 G.options().dtype(at::kInt));
+    dual_cone_kernel<<<grid_for(problems), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        G.const_data_ptr<double>(), U.const_data_ptr<double>(), (int)T, K, problems, norm_eps,
+        reg_eps, (int)max_iter, W.data_ptr<double>(), ok.data_ptr<bool>(),
+        dwork.data_ptr<double>(), iwork.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {W, ok.all(-1).reshape(batch_shape(G, 2))};
+}
+
 std::tuple<at::Tensor, at::Tensor> symmetric_eigh_cuda(const at::Tensor& G_in) {
   const int64_t T = check_gram_batch(G_in, "G");
   c10::cuda::CUDAGuard guard(G_in.device());
@@ -199,6 +264,8 @@ at::Tensor gradvac_coefficients_cuda(const at::Tensor& G_in, const at::Tensor& o
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
+  m.impl("nash_weights", &nash_weights_cuda);
+  m.impl("dual_cone_weights", &dual_cone_weights_cuda);
   m.impl("symmetric_eigh", &symmetric_eigh_cuda);
   m.impl("imtlg_weights", &imtlg_weights_cuda);
   m.impl("aligned_mtl_weights", &aligned_mtl_weights_cuda);

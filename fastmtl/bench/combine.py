@@ -25,7 +25,7 @@ from .._native import native_available
 from ..api import make_combiner
 
 METHODS = ("mean", "sum", "pcgrad", "mgda", "cagrad", "imtlg", "alignedmtl", "config",
-           "gradvac", "rgw")
+           "gradvac", "rgw", "nashmtl", "upgrad", "dualproj")
 # torchjd aggregators / weightings with the same definition (see tests for conventions).
 TORCHJD_MATCH = {
     "mean": ("Mean", "MeanWeighting", {}),
@@ -38,6 +38,10 @@ TORCHJD_MATCH = {
     "config": ("ConFIG", None, {}),
     "gradvac": ("GradVac", "GradVacWeighting", {}),
     "rgw": ("Random", "RandomWeighting", {}),
+    # torchjd's NashMTL is an aggregator only (it needs J and n_tasks): see _make_peer.
+    "nashmtl": ("NashMTL", "NashMTL", {}),
+    "upgrad": ("UPGrad", "UPGradWeighting", {}),
+    "dualproj": ("DualProj", "DualProjWeighting", {}),
 }
 
 
@@ -137,37 +141,45 @@ def _bench_one(T: int, P: int, dev: torch.device, dtype: torch.dtype, repeats: i
         comb = _fixed_order_combiner(m, T)
         row.ratios[f"{m} out="] = time_call(partial(comb, J, out=out), dev, repeats) / t_sum
         row.ratios[m] = time_call(partial(comb, J), dev, repeats) / t_sum
-        peer = _make_peer(agg, TORCHJD_MATCH[m][0], TORCHJD_MATCH[m][2]) if agg else None
+        peer = _make_peer(agg, TORCHJD_MATCH[m][0], TORCHJD_MATCH[m][2], T) if agg else None
         if peer is not None:
             t_peer = time_call(partial(peer, J), dev, max(1, repeats // 2))
             row.ratios[f"torchjd {m}"] = t_peer / t_sum
     return row
 
 
-def _make_peer(agg, name: str | None, kwargs: dict):
+def _make_peer(agg, name: str | None, kwargs: dict, T: int):
     if name is None:
         return None
+    if name == "NashMTL":
+        kwargs = kwargs | {"n_tasks": T}
     try:
         return getattr(agg, name)(**kwargs)
     except Exception:  # a peer missing an optional dependency is just not compared
         return None
 
 
-def solver_gram(T: int, seed: int = 0, P: int = 512) -> torch.Tensor:
-    """A float64 Gram matrix of T mixed conflicting/aligned gradients, as in the golden
-    values' random cases: g_t = s_t (a_t z0 + n_t), a_t ~ U(-1, 2), s_t = exp(N(0, 1/4))."""
+def solver_jacobian(T: int, seed: int = 0, P: int = 512) -> torch.Tensor:
+    """T float64 mixed conflicting/aligned gradients, as in the golden values' random cases:
+    g_t = s_t (a_t z0 + n_t), a_t ~ U(-1, 2), s_t = exp(N(0, 1/4))."""
     g = torch.Generator().manual_seed(seed)
     z0 = torch.randn(1, P, generator=g, dtype=torch.float64)
     a = torch.rand(T, 1, generator=g, dtype=torch.float64) * 3 - 1
     s = torch.exp(0.5 * torch.randn(T, 1, generator=g, dtype=torch.float64))
-    J = s * (a * z0 + torch.randn(T, P, generator=g, dtype=torch.float64))
+    return s * (a * z0 + torch.randn(T, P, generator=g, dtype=torch.float64))
+
+
+def solver_gram(T: int, seed: int = 0, P: int = 512) -> torch.Tensor:
+    """The Gram matrix of :func:`solver_jacobian`."""
+    J = solver_jacobian(T, seed, P)
     return J @ J.T
 
 
 def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = METHODS,
                   with_peers: bool = True, seed: int = 0) -> list[SolverRow]:
     """``combiner.weights(G)`` against TorchJD's ``*Weighting`` on the same float64 G."""
-    G = solver_gram(T, seed)
+    J = solver_jacobian(T, seed)
+    G = J @ J.T
     cpu = torch.device("cpu")
     agg = _torchjd() if with_peers else None
     rows = []
@@ -177,9 +189,11 @@ def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = 
         comb = make_combiner(m)
         weights = partial(comb.weights, G, generator=torch.Generator().manual_seed(0))
         row = SolverRow(m, T, time_call(weights, cpu, repeats) * 1e3)
-        peer = _make_peer(agg, TORCHJD_MATCH[m][1], TORCHJD_MATCH[m][2]) if agg else None
-        if peer is not None:
-            t_peer = time_call(partial(peer, G), cpu, max(1, repeats // 2), budget_s=10.0)
+        name = TORCHJD_MATCH[m][1]
+        peer = _make_peer(agg, name, TORCHJD_MATCH[m][2], T) if agg else None
+        if peer is not None:  # NashMTL: the aggregator on J (it has no Weighting)
+            arg = J if name == "NashMTL" else G
+            t_peer = time_call(partial(peer, arg), cpu, max(1, repeats // 2), budget_s=10.0)
             row.torchjd_ms = t_peer * 1e3
         rows.append(row)
     return rows

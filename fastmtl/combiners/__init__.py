@@ -4,10 +4,12 @@ from .aligned_mtl import AlignedMTL
 from .base import Combiner, CombineResult, as_matrix, available_methods, get_combiner_class
 from .cagrad import CAGrad
 from .config import ConFIG
+from .dual_cone import DualProj, UPGrad
 from .ew import Mean, Sum
 from .gradvac import GradVac
 from .imtlg import IMTLG
 from .mgda import MGDA
+from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .rgw import RGW
 
@@ -27,4 +29,7 @@ __all__ = [
     "ConFIG",
     "GradVac",
     "RGW",
+    "NashMTL",
+    "UPGrad",
+    "DualProj",
 ]
