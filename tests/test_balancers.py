@@ -236,9 +236,9 @@ def test_famo_sgd_update_is_algorithm_1():
 
 
 def test_famo_adam_update_matches_torch_adam():
-    famo = FAMO(n_tasks=2)  # official defaults: Adam, lr 0.025, weight decay 1e-3
+    famo = FAMO(n_tasks=2)  # official defaults: Adam, lr 0.025, weight decay 0.01
     xi = torch.zeros(2, dtype=D, requires_grad=True)
-    opt = torch.optim.Adam([xi], lr=0.025, weight_decay=1e-3)
+    opt = torch.optim.Adam([xi], lr=0.025, weight_decay=0.01)
     for before, after in [((1.0, 2.0), (0.8, 1.9)), ((0.8, 1.9), (0.7, 1.0))]:
         famo.loss(vec(*before))
         famo.update(vec(*after))
@@ -323,8 +323,23 @@ def test_state_dict_round_trip_and_reset(name):
         torch.testing.assert_close(a.state_dict()[k], v, rtol=0, atol=0)
 
 
-def test_weights_follow_the_losses_device_and_dtype():
-    L = torch.tensor([1.0, 2.0])
+@pytest.mark.parametrize("name", ["dwa", "gradnorm", "famo"])
+def test_n_tasks_is_optional_for_buffer_state(name):
+    a = make(name)
+    _drive(a, 5, 0)
+    lazy = make_balancer(name)
+    assert lazy.n_tasks is None and lazy.state_dict() == {}
+    lazy.load_state_dict(a.state_dict())  # sized by the loaded state
+    assert lazy.n_tasks == 3
+    torch.testing.assert_close(_drive(a, 3, 1), _drive(lazy, 3, 1), rtol=0, atol=0)
+    first = make_balancer(name)  # sized by the first call
+    assert first.weights(vec(1.0, 2.0)).shape == (2,) and first.n_tasks == 2
+    with pytest.raises(ValueError, match="n_tasks"):
+        first.weights(vec(1.0, 2.0, 3.0))
+
+
+def test_weights_follow_the_losses_device_and_dtype(device):
+    L = torch.tensor([1.0, 2.0], device=device)
     for name in available_balancers():
         w = make(name, T=2).weights(L)
         assert w.dtype == L.dtype and w.device == L.device

@@ -101,7 +101,9 @@ def as_loss_vector(losses: Sequence[Tensor] | Tensor, n_tasks: int | None = None
     return vec
 
 
-def check_n_tasks(n_tasks: Any) -> int:
+def check_n_tasks(n_tasks: Any, optional: bool = False) -> int | None:
+    if optional and n_tasks is None:
+        return None
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
         raise ValueError(f"n_tasks must be a positive int, got {n_tasks!r}")
     return n_tasks
@@ -128,6 +130,10 @@ class Balancer(nn.Module):
       average, FAMO's losses before the step, GradNorm's inner update, ...).
     - :meth:`reset`: back to the state of a fresh instance.
 
+    ``n_tasks`` may be omitted (except for UW, whose parameters must exist before the
+    optimiser is built): the state is then sized by the first call, or by
+    ``load_state_dict``.
+
     :func:`fastmtl.backward` with ``balancer=`` calls :meth:`weights`, then the same recording
     as :meth:`loss` (``_observe``), multiplies the losses by the weights and, for balancers with
     learned parameters (UW), adds the gradient of their own loss to those parameters.
@@ -137,13 +143,34 @@ class Balancer(nn.Module):
     n_tasks: int | None = None
     #: keeps state across steps (a fresh instance per step, e.g. from a name, would restart it)
     stateful: bool = True
+    #: a ``[T]`` entry of the state dict, to size a lazily built state when loading into it
+    _size_key: str = ""
+
+    def _init_state(self, n_tasks: int) -> None:
+        """Builds the ``T``-sized state (stateful balancers)."""
+
+    def _vector(self, losses: Sequence[Tensor] | Tensor) -> Tensor:
+        """Checked losses; the first call of a balancer built without ``n_tasks`` sizes its
+        state from them."""
+        vec = as_loss_vector(losses, self.n_tasks)
+        if self.n_tasks is None and self.stateful:
+            self._init_state(vec.numel())
+            self.n_tasks = vec.numel()
+        return vec
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + self._size_key
+        if self.n_tasks is None and self._size_key and key in state_dict:
+            self._init_state(int(state_dict[key].shape[-1]))
+            self.n_tasks = int(state_dict[key].shape[-1])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def weights(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> Tensor:
-        vec = as_loss_vector(losses, self.n_tasks)
+        vec = self._vector(losses)
         return self._weights(vec.detach(), **kwargs).to(device=vec.device, dtype=vec.dtype)
 
     def loss(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> Tensor:
-        vec = as_loss_vector(losses, self.n_tasks)
+        vec = self._vector(losses)
         w = self._weights(vec.detach(), **kwargs).to(device=vec.device, dtype=vec.dtype)
         self._observe(vec)
         return (w * vec).sum()

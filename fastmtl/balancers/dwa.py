@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Balancer, as_loss_vector, check_n_tasks, check_positive, register
+from .base import Balancer, check_n_tasks, check_positive, register
 
 __all__ = ["DWA"]
 
@@ -45,11 +45,19 @@ class DWA(Balancer):
             dwa.epoch_end()
     """
 
-    def __init__(self, n_tasks: int, *, temperature: float = 2.0, eps: float = 1e-12) -> None:
+    _size_key = "epoch_sum"
+
+    def __init__(
+        self, n_tasks: int | None = None, *, temperature: float = 2.0, eps: float = 1e-12
+    ) -> None:
         super().__init__()
-        self.n_tasks = check_n_tasks(n_tasks)
         self.temperature = check_positive(temperature, "temperature")
         self.eps = check_positive(eps, "eps")
+        self.n_tasks = check_n_tasks(n_tasks, optional=True)
+        if self.n_tasks is not None:
+            self._init_state(self.n_tasks)
+
+    def _init_state(self, n_tasks: int) -> None:
         self.register_buffer("epoch_sum", torch.zeros(n_tasks, dtype=torch.float64))
         self.register_buffer("epoch_count", torch.zeros((), dtype=torch.int64))
         # history[0] = average of epoch k-2, history[1] = average of epoch k-1
@@ -57,6 +65,8 @@ class DWA(Balancer):
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64))
 
     def reset(self) -> None:
+        if self.n_tasks is None:
+            return
         self.epoch_sum.zero_()
         self.epoch_count.zero_()
         self.history.zero_()
@@ -72,7 +82,7 @@ class DWA(Balancer):
 
     def step(self, losses: Sequence[Tensor] | Tensor) -> None:
         """Adds one iteration's losses to the running average of the current epoch."""
-        self._observe(as_loss_vector(losses, self.n_tasks))
+        self._observe(self._vector(losses))
 
     def _observe(self, losses: Tensor) -> None:
         self.epoch_sum.add_(losses.detach().to(self.epoch_sum))
@@ -80,7 +90,7 @@ class DWA(Balancer):
 
     def epoch_end(self) -> None:
         """Closes the epoch: its average loss becomes the newest of the two kept averages."""
-        if int(self.epoch_count) == 0:
+        if self.n_tasks is None or int(self.epoch_count) == 0:
             raise ValueError("DWA.epoch_end: no losses were recorded in this epoch (call step)")
         avg = self.epoch_sum / self.epoch_count
         self.history.copy_(torch.stack([self.history[1], avg]))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Balancer, as_loss_vector, check_n_tasks, check_positive, register
+from .base import Balancer, check_n_tasks, check_positive, register
 
 __all__ = ["FAMO"]
 
@@ -37,9 +37,12 @@ class FAMO(Balancer):
                = z \odot (\Delta - z^\top \Delta), \qquad g = \delta + \gamma\,\xi,
 
     then ``optimizer="adam"`` (default, as in the official code: Adam with ``lr`` 0.025 and
-    L2 weight decay :math:`\gamma` = ``weight_decay`` = 0.001 folded into the gradient) or
+    L2 weight decay :math:`\gamma` = ``weight_decay`` = 0.01 folded into the gradient, the
+    defaults of the official ``famo.py``; its experiments tune both) or
     ``optimizer="sgd"`` (Algorithm 1 of the paper literally: :math:`\xi \leftarrow \xi - \beta g`
-    with :math:`\beta` = ``lr``). Losses below ``min_losses`` raise ``ValueError``.
+    with :math:`\beta` = ``lr``). Losses below ``min_losses`` raise ``ValueError``. The
+    official ``backward`` also clips the shared gradient norm (``max_norm`` 1.0); that is the
+    training loop's business here (``torch.nn.utils.clip_grad_norm_``).
 
     Example::
 
@@ -53,12 +56,11 @@ class FAMO(Balancer):
     """
 
     def __init__(
-        self, n_tasks: int, *, lr: float = 0.025, weight_decay: float = 1e-3,
+        self, n_tasks: int | None = None, *, lr: float = 0.025, weight_decay: float = 0.01,
         optimizer: str = "adam", min_losses: Sequence[float] | Tensor | None = None,
         eps: float = 1e-8, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        self.n_tasks = check_n_tasks(n_tasks)
         self.lr = check_positive(lr, "lr")
         self.weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
         if optimizer not in ("adam", "sgd"):
@@ -69,10 +71,21 @@ class FAMO(Balancer):
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         self.adam_eps = check_positive(adam_eps, "adam_eps")
-        mins = torch.zeros(n_tasks, dtype=torch.float64) if min_losses is None else \
-            torch.as_tensor(min_losses, dtype=torch.float64).reshape(-1)
-        if mins.numel() != n_tasks or not bool(torch.isfinite(mins).all()):
-            raise ValueError(f"min_losses must hold {n_tasks} finite values")
+        self._min_losses = None if min_losses is None else \
+            torch.as_tensor(min_losses, dtype=torch.float64).reshape(-1).clone()
+        if self._min_losses is not None and not bool(torch.isfinite(self._min_losses).all()):
+            raise ValueError("min_losses must be finite")
+        self.n_tasks = check_n_tasks(n_tasks, optional=True)
+        if self.n_tasks is not None:
+            self._init_state(self.n_tasks)
+
+    _size_key = "logits"
+
+    def _init_state(self, n_tasks: int) -> None:
+        mins = torch.zeros(n_tasks, dtype=torch.float64) if self._min_losses is None \
+            else self._min_losses
+        if mins.numel() != n_tasks:
+            raise ValueError(f"min_losses has {mins.numel()} entries, expected {n_tasks}")
         self.register_buffer("min_losses", mins.clone())
         self.register_buffer("logits", torch.zeros(n_tasks, dtype=torch.float64))
         self.register_buffer("prev_log_losses", torch.zeros(n_tasks, dtype=torch.float64))
@@ -82,6 +95,8 @@ class FAMO(Balancer):
         self.register_buffer("adam_step", torch.zeros((), dtype=torch.int64))
 
     def reset(self) -> None:
+        if self.n_tasks is None:
+            return
         for buf in (self.logits, self.prev_log_losses, self.exp_avg, self.exp_avg_sq):
             buf.zero_()
         self.has_prev.fill_(False)
@@ -99,7 +114,7 @@ class FAMO(Balancer):
         return q / q.sum()
 
     def loss(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> Tensor:
-        vec = as_loss_vector(losses, self.n_tasks)
+        vec = self._vector(losses)
         ell = self._shifted(vec)
         z = torch.softmax(self.logits.to(vec.device), dim=0).to(vec.dtype)
         c = (z / ell.detach()).sum()
@@ -114,10 +129,10 @@ class FAMO(Balancer):
     def update(self, losses: Sequence[Tensor] | Tensor) -> Tensor:
         """The post-step update of the logits from the losses at the new parameters (same
         batch as the last :meth:`loss`). Returns the new weights :math:`z = softmax(\\xi)`."""
-        if not bool(self.has_prev):
+        if self.n_tasks is None or not bool(self.has_prev):
             raise ValueError("FAMO.update: call loss() (or fastmtl.backward with balancer=) "
                              "before the optimiser step first")
-        vec = as_loss_vector(losses, self.n_tasks).detach().to(torch.float64)
+        vec = self._vector(losses).detach().to(torch.float64)
         new_log = self._shifted(vec).log().to(self.logits.device)
         delta = self.prev_log_losses - new_log
         z = torch.softmax(self.logits, dim=0)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Balancer, as_loss_vector, check_n_tasks, check_positive, register
+from .base import Balancer, check_n_tasks, check_positive, register
 
 __all__ = ["GradNorm"]
 
@@ -75,16 +75,22 @@ class GradNorm(Balancer):
     """
 
     def __init__(
-        self, n_tasks: int, *, alpha: float = 1.5, lr: float = 0.025,
+        self, n_tasks: int | None = None, *, alpha: float = 1.5, lr: float = 0.025,
         shared_layer: nn.Module | Tensor | Iterable[Tensor] | None = None, eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        self.n_tasks = check_n_tasks(n_tasks)
         self.alpha = check_positive(alpha, "alpha", allow_zero=True)
         self.lr = check_positive(lr, "lr")
         self.eps = check_positive(eps, "eps")
         # a plain list: the layer's parameters belong to the model, not to this state_dict
         self._shared = None if shared_layer is None else _param_list(shared_layer, "shared_layer")
+        self.n_tasks = check_n_tasks(n_tasks, optional=True)
+        if self.n_tasks is not None:
+            self._init_state(self.n_tasks)
+
+    _size_key = "task_weights"
+
+    def _init_state(self, n_tasks: int) -> None:
         self.register_buffer("task_weights", torch.ones(n_tasks, dtype=torch.float64))
         self.register_buffer("initial_losses", torch.zeros(n_tasks, dtype=torch.float64))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
@@ -94,6 +100,8 @@ class GradNorm(Balancer):
         return self._shared is not None
 
     def reset(self) -> None:
+        if self.n_tasks is None:
+            return
         self.task_weights.fill_(1.0)
         self.initial_losses.zero_()
         self.initialized.fill_(False)
@@ -112,7 +120,7 @@ class GradNorm(Balancer):
         """One inner update of the weights from this step's losses (with their graph) and the
         last shared layer (``shared``, else the one given at construction). Returns the new
         weights."""
-        vec = as_loss_vector(losses, self.n_tasks)
+        vec = self._vector(losses)
         params = _param_list(shared, "shared") if shared is not None else self._shared
         if params is None:
             raise ValueError("GradNorm.update needs the last shared layer: pass shared= or "

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Balancer, as_loss_vector, check_positive, register
+from .base import Balancer, check_n_tasks, check_positive, register
 
 __all__ = ["RLW", "GLS"]
 
@@ -44,7 +44,7 @@ class RLW(Balancer):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.n_tasks = n_tasks
+        self.n_tasks = check_n_tasks(n_tasks, optional=True)
         self.scale = check_positive(scale, "scale")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -88,7 +88,7 @@ class GLS(Balancer):
 
     def __init__(self, n_tasks: int | None = None, *, eps: float = 1e-12) -> None:
         super().__init__()
-        self.n_tasks = n_tasks
+        self.n_tasks = check_n_tasks(n_tasks, optional=True)
         self.eps = check_positive(eps, "eps")
 
     def _clamped_log(self, vec: Tensor) -> Tensor:
@@ -101,5 +101,5 @@ class GLS(Balancer):
         return torch.exp(log.mean() - log) / losses.numel()
 
     def loss(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> Tensor:
-        vec = as_loss_vector(losses, self.n_tasks)
+        vec = self._vector(losses)
         return self._clamped_log(vec).mean().exp()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Balancer, as_loss_vector, check_n_tasks, register
+from .base import Balancer, check_n_tasks, register
 
 __all__ = ["UW"]
 
@@ -59,7 +59,7 @@ class UW(Balancer):
         return self._c * torch.exp(-self.log_vars.detach().to(losses.device, torch.float64))
 
     def loss(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> Tensor:
-        vec = as_loss_vector(losses, self.n_tasks)
+        vec = self._vector(losses)
         s = self.log_vars.to(vec.device)
         return (self._c * (torch.exp(-s) * vec + s)).sum()
 
