@@ -491,6 +491,11 @@ def test_cosreg_penalty_against_hand_formula():
     torch.testing.assert_close(g_pen, g_hand)
     total = reg.loss(losses, theta)
     torch.testing.assert_close(total, sum(losses) + 0.3 * expected)
+    absolute = CosReg(squared=False).penalty(losses, theta)
+    g = [th**2, a, torch.sin(th) * b]
+    torch.testing.assert_close(absolute, sum(
+        (u @ v).abs() / ((u @ u) * (v @ v)).sqrt() for u, v in [(g[0], g[1]), (g[0], g[2]),
+                                                                 (g[1], g[2])]).detach())
 
 
 def test_cosreg_feature_level_and_degenerate():

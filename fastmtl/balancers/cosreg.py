@@ -20,7 +20,9 @@ class CosReg(nn.Module):
                = \sum_{i<j} \frac{(g_i^\top g_j)^2}{\lVert g_i\rVert^2 \lVert g_j\rVert^2},
                \qquad \mathcal L = \sum_t L_t + \lambda\, \Omega,
 
-    with :math:`\lambda` = ``weight`` (default 1.0; a hyper-parameter). The sum runs over
+    with :math:`\lambda` = ``weight`` (default 1.0; a hyper-parameter). ``squared=False``
+    penalises :math:`\sum_{i<j} |\cos(g_i, g_j)|` instead (same minimiser, orthogonality;
+    the squared form is smooth at orthogonality). The sum runs over
     unordered pairs (each pair once); a sum over ordered pairs is :math:`2\Omega`, i.e.
     ``weight`` doubled. :math:`g_t = \partial L_t / \partial x` is taken with
     ``create_graph=True``, so :math:`\Omega` is differentiable and its gradient (a
@@ -42,8 +44,9 @@ class CosReg(nn.Module):
         opt.zero_grad(); reg.loss(losses, model.encoder.parameters()).backward(); opt.step()
     """
 
-    def __init__(self, weight: float = 1.0, *, eps: float = 1e-12) -> None:
+    def __init__(self, weight: float = 1.0, *, squared: bool = True, eps: float = 1e-12) -> None:
         super().__init__()
+        self.squared = bool(squared)
         self.weight = check_positive(weight, "weight", allow_zero=True)
         self.eps = check_positive(eps, "eps")
 
@@ -81,9 +84,10 @@ class CosReg(nn.Module):
         J = torch.stack(rows)
         G = J @ J.T
         sq = torch.diagonal(G).clamp_min(self.eps)
-        cos2 = G.pow(2) / (sq[:, None] * sq[None, :])
+        denom = sq[:, None] * sq[None, :]
+        pen = G.pow(2) / denom if self.squared else G.abs() / denom.sqrt()
         iu = torch.triu_indices(T, T, offset=1, device=G.device)
-        return cos2[iu[0], iu[1]].sum()
+        return pen[iu[0], iu[1]].sum()
 
     def loss(
         self, losses: Sequence[Tensor] | Tensor, params_or_features: Tensor | Iterable[Tensor]
