@@ -5,7 +5,7 @@ read ``J`` twice (``G = J J^T``, then ``d = w^T J``) with native CPU/CUDA kernel
 solve the small ``T x T`` problem exactly in float64.
 """
 
-from . import ops, reference
+from . import balancers, ops, reference
 from ._native import native_available
 from .api import combine, make_combiner
 from .autograd import BackwardResult, backward, fork
@@ -53,6 +53,7 @@ __all__ = [
     "NashMTL",
     "UPGrad",
     "DualProj",
+    "balancers",
     "ops",
     "reference",
 ]
