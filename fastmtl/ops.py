@@ -245,3 +245,12 @@ if native_available():
     @torch.library.register_fake("fastmtl::gradvac_coefficients")
     def _gradvac_fake(G, order, rho, beta, eps):
         return torch.empty_like(G)
+
+if native_available() and hasattr(torch.ops.fastmtl, "feature_disentanglement"):
+
+    @torch.library.register_fake("fastmtl::feature_disentanglement")
+    def _fd_fake(grads, temperature, reduce):
+        torch._check(grads.dim() == 2, lambda: "grads must be 2-D [T, N]")
+        dtype = reference.gram_dtype(grads.dtype)
+        shape = (grads.shape[1],) if reduce == 0 else ()
+        return grads.new_empty(shape, dtype=dtype)
