@@ -175,3 +175,18 @@ def test_bad_arguments():
         m.record(-1)
     with pytest.raises(ValueError, match="T >= 2"):
         m.record(0, feature_grads=torch.randn(1, 4))
+
+
+def test_multi_scale_features_concatenate_for_fd():
+    # Two feature maps: each task uses a disjoint half of each -> FD 1 over both together.
+    enc, heads, x, ys = _model()
+    z1 = enc(x)
+    z2 = enc(x) * 2
+    losses = [((z1[:, :4] if t == 0 else z1[:, 4:]).sum() + (z2[:, :4] if t == 0 else
+               z2[:, 4:]).sum()) * (t + 1) for t in range(2)]
+    m = fastmtl.Monitor()
+    fastmtl.backward(losses, features=[z1, z2], combiner="mean", monitor=m)
+    (rec,) = m.records
+    assert rec["fd"] == pytest.approx(1.0, abs=1e-6)
+    assert rec["conflict_fraction"] == 0.0 and rec["losses"] == pytest.approx(
+        [float(v.detach()) for v in losses])
