@@ -398,3 +398,18 @@ def test_public_names():
     for name in metrics.__all__:
         assert hasattr(fastmtl.metrics, name)
     assert DEVICES[0] == "cpu"
+
+
+@pytest.mark.parametrize("reduce", ["mean", "none"])
+def test_fd_and_identifiers_compile_fullgraph(reduce, device):
+    # The finiteness checks are skipped while tracing; nothing else synchronises.
+    torch._dynamo.reset()
+    g = torch.randn(3, 4, 10, device=device)
+
+    def fn(g):
+        c = gradient_conflict(g)
+        return feature_disentanglement(g, reduce=reduce), c.mean_cosine
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for a, b in zip(compiled(g), fn(g), strict=True):
+        torch.testing.assert_close(a, b)
