@@ -220,8 +220,12 @@ class Monitor:
         """Draws FD, conflict and magnitude similarity, the weights and the losses over the
         steps into a PNG at ``path`` (matplotlib's Agg canvas; the global backend is left
         alone). Returns the path."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as exc:  # pragma: no cover - optional dependency
+            raise ImportError("Monitor.plot needs matplotlib: pip install matplotlib "
+                              "(or fastmtl[plot])") from exc
 
         if not self.records:
             raise ValueError("nothing to plot: the monitor has no records")

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["ranking_similarity", "delta_m", "RankingSimilarity", "DeltaM"]
 
@@ -98,6 +97,8 @@ class RankingSimilarity:
 
 
 def _top_k(oriented: np.ndarray, k: int) -> set[int]:
+    from scipy import stats
+
     # rank 1 = best; ties share the best rank ("min"), so every method tied at the cut-off
     # is in the set.
     ranks = stats.rankdata(-oriented, method="min")
@@ -134,6 +135,8 @@ def ranking_similarity(
     When every score of one side is tied the rankings carry no information: tau and rho are
     then reported as 0. Needs at least 2 methods.
     """
+    from scipy import stats  # imported here: `import fastmtl` does not pay for scipy
+
     _, a, b = _align(identifier_scores, test_scores, "identifier_scores", "test_scores")
     n = len(a)
     if n < 2:
