@@ -67,6 +67,11 @@ def test_fd_hand_computed_two_tasks_four_elements(device):
     fd_map = feature_disentanglement(g, reduce="none")
     assert fd_map.shape == (4,)
     np.testing.assert_allclose(fd_map.cpu().numpy(), [1, 1, 0, 1 - h3], atol=1e-6)
+    # the pure-PyTorch reference (the fallback without fastmtl._C) gives the same answers
+    assert float(reference.feature_disentanglement(g, 0.0, 1)) == pytest.approx(
+        1 - (1 + h3) / 4, rel=1e-6)
+    assert float(reference.feature_disentanglement(g, 0.0, 2)) == pytest.approx(
+        1 - (2 + 4 * h3) / 9, rel=1e-6)
 
 
 def test_fd_temperature_softmax_by_hand(device):
