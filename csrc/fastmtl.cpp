@@ -32,4 +32,5 @@ TORCH_LIBRARY(fastmtl, m) {
   m.def(
       "dual_cone_weights(Tensor G, Tensor U, float norm_eps, float reg_eps, int max_iter) "
       "-> (Tensor, Tensor)");
+  m.def("feature_disentanglement(Tensor grads, float temperature, int reduce) -> Tensor");
 }

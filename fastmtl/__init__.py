@@ -5,7 +5,7 @@ read ``J`` twice (``G = J J^T``, then ``d = w^T J``) with native CPU/CUDA kernel
 solve the small ``T x T`` problem exactly in float64.
 """
 
-from . import balancers, ops, reference
+from . import balancers, metrics, ops, reference
 from ._native import native_available
 from .api import combine, make_combiner
 from .autograd import BackwardResult, backward, fork
@@ -27,6 +27,7 @@ from .combiners import (
     UPGrad,
     available_methods,
 )
+from .monitor import Monitor
 
 __version__ = "0.1.0"
 
@@ -56,4 +57,6 @@ __all__ = [
     "balancers",
     "ops",
     "reference",
+    "metrics",
+    "Monitor",
 ]
