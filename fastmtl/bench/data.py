@@ -73,17 +73,21 @@ class MultiTaskData:
 
 
 def make_multidigits(n_train: int = 4000, n_test: int = 1000, *, seed: int = 0,
-                     parity: bool = True, noise: float = 0.1) -> MultiTaskData:
-    r"""Two of scikit-learn's 8x8 digit scans side by side on a ``[1, 20, 36]`` canvas.
+                     parity: bool = True, noise: float = 0.1, scale: int = 1) -> MultiTaskData:
+    r"""Two of scikit-learn's 8x8 digit scans side by side on a ``[1, 8s + 2, 16s + 4]`` canvas
+    (``s = scale``; ``[1, 10, 20]`` by default).
 
     The 1797 source scans are split 75/25 (by a permutation drawn from ``seed``) before any
-    pair is made, so no scan appears in both splits. Each digit is upscaled 2x to 16x16 and
-    placed with a random jitter of up to 2 pixels in its half; Gaussian noise of standard
-    deviation ``noise`` is added (pixel range [0, 1]). Tasks: ``left`` and ``right`` (10
-    classes each) and, with ``parity``, ``parity`` = (left + right) mod 2.
+    pair is made, so no scan appears in both splits. Each digit is upscaled ``scale`` times
+    (nearest neighbour) and placed with a random jitter of up to 2 pixels in its half;
+    Gaussian noise of standard deviation ``noise`` is added (pixel range [0, 1]). Tasks:
+    ``left`` and ``right`` (10 classes each) and, with ``parity``, ``parity`` = (left + right)
+    mod 2.
     """
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train and n_test must be positive, got {n_train}, {n_test}")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -97,14 +101,15 @@ def make_multidigits(n_train: int = 4000, n_test: int = 1000, *, seed: int = 0,
     def compose(pool: np.ndarray, n: int) -> tuple[Tensor, list[Tensor]]:
         left = rng.choice(pool, n)
         right = rng.choice(pool, n)
-        canvas = np.zeros((n, 1, 20, 36), np.float32)
-        big = images.repeat(2, axis=1).repeat(2, axis=2)  # [N, 16, 16]
+        s = 8 * scale
+        canvas = np.zeros((n, 1, s + 2, 2 * s + 4), np.float32)
+        big = images.repeat(scale, axis=1).repeat(scale, axis=2)  # [N, s, s]
         jit = rng.integers(0, 3, size=(n, 4))
         for i in range(n):
             r0, c0, r1, c1 = jit[i]
-            canvas[i, 0, r0:r0 + 16, c0:c0 + 16] = big[left[i]]
-            canvas[i, 0, r1:r1 + 16, 18 + c1:18 + c1 + 16] = np.maximum(
-                canvas[i, 0, r1:r1 + 16, 18 + c1:18 + c1 + 16], big[right[i]])
+            canvas[i, 0, r0:r0 + s, c0:c0 + s] = big[left[i]]
+            right_box = canvas[i, 0, r1:r1 + s, s + 2 + c1:2 * s + 2 + c1]
+            np.maximum(right_box, big[right[i]], out=right_box)
         canvas += noise * rng.standard_normal(canvas.shape).astype(np.float32)
         ys = [torch.from_numpy(labels[left]), torch.from_numpy(labels[right])]
         if parity:

@@ -1,7 +1,8 @@
 r"""Backbones and heads of the benchmark study (torchvision models, ``weights=None``).
 
 - ``resnet18``: torchvision's ResNet-18 (its ``BasicBlock``, layout ``[2, 2, 2, 2]``), adapted to
-  small inputs as for CIFAR: a 3x3 stem convolution (stride ``stem_stride``) and no max-pool.
+  small inputs as for CIFAR: a 3x3 stem convolution of stride ``stem_stride`` (1 or 2) and no
+  max-pool, or (``stem_stride=4``) a stride-2 stem followed by torchvision's max-pool.
   ``width`` scales the four stages (``width, 2w, 4w, 8w``); ``width=64`` is torchvision's
   network exactly (11.2 M encoder parameters), smaller widths make the CPU study affordable.
 - ``mobilenet``: torchvision's ``mobilenet_v3_small`` feature extractor (``width_mult`` =
@@ -13,6 +14,8 @@ upsample to the input size.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -41,17 +44,20 @@ class _ResNet18(nn.Module):
             for m in net.modules():  # torchvision's initialisation for the new stages
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        net.conv1 = nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False)
+        if stem_stride not in (1, 2, 4):
+            raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
+        net.conv1 = nn.Conv2d(in_channels, width, 3, min(stem_stride, 2), 1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         net.bn1 = nn.BatchNorm2d(width)
-        net.maxpool = nn.Identity()
+        if stem_stride != 4:  # 4: keep torchvision's 3x3/2 max-pool after a stride-2 stem
+            net.maxpool = nn.Identity()
         del net.fc, net.avgpool
         self.net = net
         self.out_channels = 8 * width
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.net
-        x = n.relu(n.bn1(n.conv1(x)))
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
 
@@ -109,16 +115,25 @@ def make_heads(tasks: list[TaskSpec], cin: int, *, hidden: int = 64) -> nn.Modul
 
 
 class MultiTaskNet(nn.Module):
-    """Shared encoder + one head per task; ``head_outputs(z, x)`` runs the heads on ``z``."""
+    """Shared encoder + one head per task; ``head_output(t, z, x)`` runs head ``t`` on ``z``.
+
+    Depth heads end in a softplus (depth is positive) whose bias starts at
+    ``softplus^{-1}(depth_init)``, so short CPU runs do not spend their steps finding the
+    depth scale.
+    """
 
     def __init__(self, backbone: str, tasks: list[TaskSpec], in_channels: int, *,
-                 width: int = 16, stem_stride: int = 1, hidden: int = 64) -> None:
+                 width: int = 16, stem_stride: int = 1, hidden: int = 64,
+                 depth_init: float = 3.0) -> None:
         super().__init__()
         self.dense = tasks[0].kind != "classification"
         self.encoder = make_encoder(backbone, in_channels, width=width, stem_stride=stem_stride,
                                     pooled=not self.dense)
         self.heads = make_heads(tasks, self.encoder.out_channels, hidden=hidden)
         self.tasks = list(tasks)
+        for head, t in zip(self.heads, tasks, strict=True):
+            if t.kind == "depth":  # start near a typical depth: softplus(b) = depth_init
+                nn.init.constant_(head.body[-1].bias, math.log(math.expm1(depth_init)))
 
     def head_output(self, t: int, z: Tensor, x: Tensor) -> Tensor:
         if self.dense:
