@@ -28,4 +28,5 @@ TORCH_LIBRARY(fastmtl, m) {
   m.def(
       "gradvac_coefficients(Tensor G, Tensor order, Tensor(a!) rho, float beta, float eps) "
       "-> Tensor");
+  m.def("feature_disentanglement(Tensor grads, float temperature, int reduce) -> Tensor");
 }

@@ -5,7 +5,7 @@ read ``J`` twice (``G = J J^T``, then ``d = w^T J``) with native CPU/CUDA kernel
 solve the small ``T x T`` problem exactly in float64.
 """
 
-from . import ops, reference
+from . import metrics, ops, reference
 from ._native import native_available
 from .api import combine, make_combiner
 from .autograd import BackwardResult, backward, fork
@@ -24,6 +24,7 @@ from .combiners import (
     Sum,
     available_methods,
 )
+from .monitor import Monitor
 
 __version__ = "0.1.0"
 
@@ -49,4 +50,6 @@ __all__ = [
     "RGW",
     "ops",
     "reference",
+    "metrics",
+    "Monitor",
 ]

@@ -208,6 +208,7 @@ def backward(
     feature_reduction: str = "flatten",
     batched: bool | None = False,
     check_finite: bool = True,
+    monitor: Any = None,
     **options: Any,
 ) -> BackwardResult:
     r"""Per-task gradients, combined, written into ``.grad``: one call per training step.
@@ -234,6 +235,9 @@ def backward(
             reported once (None). The feature level always runs each head's backward once.
         check_finite: raise ``ValueError`` (before any ``.grad`` is touched) if a per-task
             gradient holds NaN or Inf.
+        monitor: a :class:`fastmtl.Monitor` that records this step's interference metrics
+            (FD at the feature level, cosines and norms from ``G``, weights, losses) when due;
+            T = 1 steps are not recorded.
         **options: the combiner's hyper-parameters when ``combiner`` is a name.
 
     Returns:
@@ -257,7 +261,8 @@ def backward(
         if len(losses) == 1:
             losses[0].backward()
             return BackwardResult("single")
-        return _feature_level(losses, zs, comb, generator, feature_reduction, check_finite)
+        return _feature_level(losses, zs, comb, generator, feature_reduction, check_finite,
+                              monitor)
     if shared is None:
         reached = [_leaves_reached(loss) for loss in losses]
         counts: dict[int, int] = {}
@@ -274,7 +279,8 @@ def backward(
     if len(losses) == 1:
         losses[0].backward()
         return BackwardResult("single")
-    return _parameter_level(losses, shared_params, comb, generator, batched, check_finite)
+    return _parameter_level(losses, shared_params, comb, generator, batched, check_finite,
+                            monitor)
 
 
 def _check_features(features) -> list[Tensor]:
@@ -292,7 +298,8 @@ def _check_features(features) -> list[Tensor]:
     return zs
 
 
-def _parameter_level(losses, shared, comb, generator, batched, check_finite) -> BackwardResult:
+def _parameter_level(losses, shared, comb, generator, batched, check_finite,
+                     monitor=None) -> BackwardResult:
     shared_ids = {id(p) for p in shared}
     reached = [_leaves_reached(loss) for loss in losses]
     for t, params in enumerate(reached):
@@ -312,10 +319,12 @@ def _parameter_level(losses, shared, comb, generator, batched, check_finite) -> 
         torch.autograd.backward(losses, inputs=list(heads.values()))
     for block, p in zip(blocks, shared, strict=True):
         _combine_into_grad(w, block, p)
+    if monitor is not None:
+        monitor._observe(G=G, weights=w, losses=losses)
     return BackwardResult("parameter", w, G, extras, path)
 
 
-def _feature_level(losses, zs, comb, generator, reduction, check_finite):
+def _feature_level(losses, zs, comb, generator, reduction, check_finite, monitor=None):
     T = len(losses)
     stop = {z.grad_fn if z.grad_fn is not None else z for z in zs}
     z_leaf_ids = {id(z) for z in zs if z.grad_fn is None}
@@ -342,6 +351,9 @@ def _feature_level(losses, zs, comb, generator, reduction, check_finite):
         _accumulate(p, g)
     combined = [ops.combine_rows(w, b).view_as(z) for b, z in zip(blocks, zs, strict=True)]
     torch.autograd.backward(zs, grad_tensors=combined)
+    if monitor is not None:
+        monitor._observe(feature_blocks=[b.view(T, *z.shape) for b, z in zip(blocks, zs,
+                         strict=True)], G=G, weights=w, losses=losses)
     return BackwardResult("feature", w, G, extras, "loop")
 
 
@@ -380,7 +392,7 @@ class _Fork(torch.autograd.Function):
 def fork(
     z: Tensor, n_tasks: int, combiner: str | Combiner = "mean", *,
     generator: torch.Generator | None = None, check_finite: bool = True, on_combine=None,
-    **options: Any,
+    monitor: Any = None, **options: Any,
 ) -> tuple[Tensor, ...]:
     r"""``n_tasks`` copies of the shared representation whose backward combines the tasks.
 
@@ -392,6 +404,8 @@ def fork(
     ``on_combine(feature_grads, result)``, if given, receives the ``[T, *z.shape]`` feature
     gradients and the :class:`BackwardResult` of every combine (for monitoring, at no extra
     backward pass). Tasks whose loss does not use ``zs[t]`` count as zero gradients.
+    ``monitor``, a :class:`fastmtl.Monitor`, records FD, the cosines and norms from ``G``
+    and the weights at every due combine (fork sees no losses).
     """
     if not isinstance(z, Tensor):
         raise TypeError(f"z must be a Tensor, got {type(z).__name__}")
@@ -399,5 +413,15 @@ def fork(
         raise ValueError("z does not require grad: fork the encoder's output")
     if not isinstance(n_tasks, int) or n_tasks < 1:
         raise ValueError(f"n_tasks must be a positive int, got {n_tasks!r}")
+    if monitor is not None:
+        on_combine = _with_monitor(monitor, on_combine)
     state = _ForkState(make_combiner(combiner, **options), generator, check_finite, on_combine)
     return _Fork.apply(z, n_tasks, state)
+
+
+def _with_monitor(monitor, on_combine):
+    def hook(feature_grads: Tensor, result: BackwardResult) -> None:
+        monitor._observe(feature_blocks=[feature_grads], G=result.gram, weights=result.weights)
+        if on_combine is not None:
+            on_combine(feature_grads, result)
+    return hook

@@ -1,4 +1,4 @@
-"""Command line: ``fastmtl bench combine ...`` (also ``python -m fastmtl ...``)."""
+"""Command line: ``fastmtl bench combine|step|fd ...`` (also ``python -m fastmtl ...``)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--quick", action="store_true", help="a smaller model and batch")
     step.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     step.add_argument("--json", help="also write the results to this JSON file")
+    fd = bench_sub.add_parser(
+        "fd", help="Feature Disentanglement: ratios to one x.abs().sum() pass"
+    )
+    fd.add_argument("--quick", action="store_true", help="a smaller tensor [3, 8, 512, 16, 16]")
+    fd.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    fd.add_argument("--dtype", default="float32",
+                    choices=["float16", "bfloat16", "float32", "float64"])
+    fd.add_argument("--shape", type=_int_list,
+                    help="feature-gradient shape [T, B, ...] (default 3,64,512,16,16)")
+    fd.add_argument("--repeats", type=int, help="timed repetitions (median is reported)")
+    fd.add_argument("--no-reference", action="store_true",
+                    help="skip timing the pure-PyTorch reference")
+    fd.add_argument("--json", help="also write the results to this JSON file")
     return parser
 
 
@@ -58,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import step
 
         step.run(args)
+    elif args.bench == "fd":
+        from .bench import fd
+
+        fd.run(args)
     return 0
 
 

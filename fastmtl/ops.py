@@ -28,6 +28,7 @@ __all__ = [
     "pcgrad_coefficients",
     "min_norm_weights",
     "cagrad_weights",
+    "feature_disentanglement",
     "has_native_kernel",
 ]
 
@@ -35,7 +36,7 @@ __all__ = [
 _OPS = (
     "gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights",
     "symmetric_eigh", "imtlg_weights", "aligned_mtl_weights", "config_weights",
-    "gradvac_coefficients",
+    "gradvac_coefficients", "feature_disentanglement",
 )
 
 
@@ -43,10 +44,15 @@ def _registered_kernels() -> frozenset[tuple[str, str]]:
     # Looked up once at import: a plain set lookup is traceable by torch.compile.
     if not native_available():
         return frozenset()
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    def has(op: str, key: str) -> bool:
+        try:
+            return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmtl::{op}", key)
+        except RuntimeError:  # an older build of _C without this op: use the reference
+            return False
+
     return frozenset(
         (op, device) for op in _OPS for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-        if has(f"fastmtl::{op}", key)
+        if has(op, key)
     )
 
 
@@ -176,6 +182,18 @@ def gradvac_coefficients(G: Tensor, order: Tensor, rho: Tensor, *, beta: float,
     return reference.gradvac_coefficients(G, order, rho, beta, eps)
 
 
+def feature_disentanglement(grads: Tensor, temperature: float, reduce: int) -> Tensor:
+    r"""Feature Disentanglement of ``grads`` ``[T, N]`` in one pass (no host sync).
+
+    ``reduce``: 0 the per-element map ``[N]``, 1 the mean (0-d), 2 the saliency-weighted mean
+    (0-d); see :func:`fastmtl.reference.feature_disentanglement` for the definition. ``grads``
+    must have unit stride along ``N``. Float32 result (float64 for float64 input).
+    """
+    if has_native_kernel("feature_disentanglement", grads.device.type):
+        return torch.ops.fastmtl.feature_disentanglement(grads, temperature, reduce)
+    return reference.feature_disentanglement(grads, temperature, reduce)
+
+
 if native_available():
 
     @torch.library.register_fake("fastmtl::gram")
@@ -227,3 +245,12 @@ if native_available():
     @torch.library.register_fake("fastmtl::gradvac_coefficients")
     def _gradvac_fake(G, order, rho, beta, eps):
         return torch.empty_like(G)
+
+if native_available() and hasattr(torch.ops.fastmtl, "feature_disentanglement"):
+
+    @torch.library.register_fake("fastmtl::feature_disentanglement")
+    def _fd_fake(grads, temperature, reduce):
+        torch._check(grads.dim() == 2, lambda: "grads must be 2-D [T, N]")
+        dtype = reference.gram_dtype(grads.dtype)
+        shape = (grads.shape[1],) if reduce == 0 else ()
+        return grads.new_empty(shape, dtype=dtype)

@@ -304,3 +304,46 @@ def gradvac_coefficients(G: Tensor, order: Tensor, rho: Tensor, beta: float,
         flatR[b].copy_(rh)
         out.append(C)
     return torch.stack(out).reshape(G.shape).to(G.device)
+
+
+FD_REDUCE_CODES = {"none": 0, "mean": 1, "weighted": 2}
+
+
+def feature_disentanglement(grads: Tensor, temperature: float = 0.0, reduce: int = 1) -> Tensor:
+    r"""Feature Disentanglement of per-task gradients ``grads`` ``[T, N]``, formed in float64.
+
+    Per element ``j``, the saliencies :math:`a_{tj} = |g_{tj}|` become a distribution over
+    tasks, :math:`p_{tj} = a_{tj} / \sum_k a_{kj}` (or :math:`\mathrm{softmax}_t(a_{tj}/\tau)`
+    for ``temperature`` :math:`\tau > 0`), with entropy :math:`H_j = -\sum_t p_{tj}\log p_{tj}`
+    (:math:`0 \log 0 = 0`). Elements with :math:`\sum_t a_{tj} = 0` are excluded.
+
+    ``reduce``: 0 gives the map :math:`1 - H_j/\log T` (``[N]``, 0 at excluded elements);
+    1 gives :math:`1 - \overline{H}/\log T` over the included elements (0-d); 2 weights the
+    elements by :math:`s_j = \sum_t a_{tj}`: :math:`1 - \sum_j s_j H_j / (\log T \sum_j s_j)`.
+    With no included element the scalar is 0. NaN/Inf input gives NaN. The result is float32
+    (float64 for float64 input).
+    """
+    T = grads.shape[0]
+    a = grads.to(torch.float64).abs()
+    s = a.sum(0)
+    # `s != 0` (not `s > 0`) keeps NaN elements, so non-finite input reaches the result.
+    included = s != 0
+    if temperature > 0:
+        p = torch.softmax(a / temperature, dim=0)
+    else:
+        p = a / torch.where(included, s, torch.ones_like(s))
+    H = -torch.xlogy(p, p).sum(0)
+    log_t = math.log(T)
+    out_dtype = gram_dtype(grads.dtype)
+    if reduce == 0:
+        return torch.where(included, 1.0 - H / log_t, torch.zeros_like(H)).to(out_dtype)
+    H = torch.where(included, H, torch.zeros_like(H))
+    if reduce == 1:
+        num, den = H.sum(), included.sum().to(torch.float64)
+    elif reduce == 2:
+        num, den = (s * H).sum(), s.sum()
+    else:
+        raise ValueError(f"reduce must be 0 (none), 1 (mean) or 2 (weighted), got {reduce}")
+    den_ok = den != 0
+    fd = 1.0 - num / (torch.where(den_ok, den, torch.ones_like(den)) * log_t)
+    return torch.where(den_ok, fd, torch.zeros_like(fd)).to(out_dtype)

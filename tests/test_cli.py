@@ -53,3 +53,16 @@ def test_bench_step_quick(tmp_path, capsys, monkeypatch):
     assert data["steps"][0]["method"] == "mgda"
     assert set(data["steps"][0]["ratios"]) == {"feature", "fork", "parameter loop",
                                                "parameter batched"}
+
+
+def test_bench_fd_tiny(tmp_path, capsys):
+    out = tmp_path / "fd.json"
+    assert main(["bench", "fd", "--shape", "3,2,4,8,8", "--repeats", "1", "--json",
+                 str(out)]) == 0
+    assert "fd mean / abs-sum" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["fd"]["shape"] == [3, 2, 4, 8, 8]
+    ratios = data["fd"]["ratios"]
+    assert {"fd mean", "fd weighted", "fd map (reduce=none)",
+            "pure-PyTorch reference (float64)"} <= set(ratios)
+    assert all(r > 0 for r in ratios.values())
