@@ -35,6 +35,7 @@ import importlib.metadata
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -195,14 +196,17 @@ def _make_monitor(path: str | None, every: int, n_tasks: int):
     return Monitor(every=every, path=path)
 
 
-def _monitor_kwargs(monitor, record: bool) -> dict:
-    """Arguments that attach the monitor to ``fastmtl.backward`` (filled in with the API)."""
-    return {}
+def _monitor_kwargs(monitor, level: str | None) -> dict:
+    """At the feature level the monitor is attached to ``fastmtl.backward``, which hands it
+    the feature gradients it already holds; at the parameter level it is fed by hand."""
+    return {"monitor": monitor} if monitor is not None and level == "feature" else {}
 
 
 def _record(monitor, step: int, result, losses: list[Tensor], feature_grads) -> None:
-    """Feed one record to the monitor (no-op without one)."""
-    return None
+    """Parameter level: one record from the combine's Gram matrix and weights plus the
+    feature gradients taken for FD."""
+    monitor.record(step, feature_grads=feature_grads, G=result.gram, weights=result.weights,
+                   losses=losses)
 
 
 def _evaluate(model: MultiTaskNet, data: MultiTaskData, dev: torch.device) -> dict[str, dict]:
@@ -263,8 +267,8 @@ def train_run(cfg: StudyConfig, data: MultiTaskData, *, method: str | None, kind
             how = {"shared": shared} if level == "parameter" else {"features": z}
             what = {"combiner": method, "generator": gen} if kind == "combiner" else \
                 {"balancer": balancer}
-            result = fa.backward(losses, **how, **what, **_monitor_kwargs(monitor, record))
-            if record:
+            result = fa.backward(losses, **how, **what, **_monitor_kwargs(monitor, level))
+            if record and level == "parameter":
                 t_rec = time.perf_counter()
                 _record(monitor, step, result, losses, feature_grads)
                 _sync(dev)
@@ -283,6 +287,8 @@ def train_run(cfg: StudyConfig, data: MultiTaskData, *, method: str | None, kind
             raise FloatingPointError(f"{method} at the {level} level diverged at step {step}")
         if progress is not None:
             progress.update(1)
+    if monitor is not None:
+        monitor.close()
     metrics = _evaluate(model, data, dev)
     warm = times[min(3, len(times) - 1):]
     return {"metrics": metrics, "step_time_s": statistics.median(warm),
@@ -303,7 +309,11 @@ IDENTIFIERS = {
 
 def environment() -> dict:
     """Versions, threads, device and the exact command line."""
-    info = {"python": sys.version.split()[0], "command": " ".join(sys.argv),
+    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    head = "python -m fastmtl" if prog == "__main__.py" else \
+        "fastmtl" if prog == "fastmtl" else sys.argv[0] if sys.argv else ""
+    command = " ".join([head] + [shlex.quote(a) for a in sys.argv[1:]])
+    info = {"python": sys.version.split()[0], "command": command,
             "argv": list(sys.argv), "threads": torch.get_num_threads(),
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     for pkg in ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib",
