@@ -5,7 +5,7 @@ read ``J`` twice (``G = J J^T``, then ``d = w^T J``) with native CPU/CUDA kernel
 solve the small ``T x T`` problem exactly in float64.
 """
 
-from . import metrics, ops, reference
+from . import balancers, metrics, ops, reference
 from ._native import native_available
 from .api import combine, make_combiner
 from .autograd import BackwardResult, backward, fork
@@ -48,6 +48,7 @@ __all__ = [
     "ConFIG",
     "GradVac",
     "RGW",
+    "balancers",
     "ops",
     "reference",
     "metrics",

@@ -209,6 +209,7 @@ def backward(
     batched: bool | None = False,
     check_finite: bool = True,
     monitor: Any = None,
+    balancer: str | Any | None = None,
     **options: Any,
 ) -> BackwardResult:
     r"""Per-task gradients, combined, written into ``.grad``: one call per training step.
@@ -238,6 +239,14 @@ def backward(
         monitor: a :class:`fastmtl.Monitor` that records this step's interference metrics
             (FD at the feature level, cosines and norms from ``G``, weights, losses) when due;
             T = 1 steps are not recorded.
+        balancer: a loss balancer of :mod:`fastmtl.balancers`: an instance, or the name of a
+            stateless one (``"rlw"``, ``"gls"``; stateful ones by name raise). Its
+            detached weights multiply the losses before the per-task gradients are taken, so
+            at either level the heads get :math:`w_t \nabla L_t` and the combiner sees the
+            balanced per-task gradients; the step is recorded as by ``balancer.loss`` (DWA's
+            epoch average, FAMO's pre-step losses, GradNorm's inner update, which needs
+            ``GradNorm(shared_layer=...)``), and UW's log-variances receive the gradient of
+            its own loss. The weights are in ``result.extras["loss_weights"]``.
         **options: the combiner's hyper-parameters when ``combiner`` is a name.
 
     Returns:
@@ -249,6 +258,9 @@ def backward(
     ``.grad`` is modified.
     """
     losses = _check_losses(losses)
+    if balancer is not None:
+        return _balanced_backward(balancer, losses, shared, features, combiner, generator,
+                                  feature_reduction, batched, check_finite, options, monitor)
     comb = make_combiner(combiner, **options)
     if feature_reduction not in ("flatten", "batch_sum"):
         raise ValueError(
@@ -281,6 +293,39 @@ def backward(
         return BackwardResult("single")
     return _parameter_level(losses, shared_params, comb, generator, batched, check_finite,
                             monitor)
+
+
+def _balanced_backward(balancer, losses, shared, features, combiner, generator,
+                       feature_reduction, batched, check_finite, options,
+                       monitor=None) -> BackwardResult:
+    """``backward`` of the losses multiplied by the balancer's (detached) weights."""
+    from .balancers import Balancer, GradNorm
+    from .balancers.base import balancer_class
+
+    if isinstance(balancer, Balancer):
+        bal = balancer
+    else:
+        cls = balancer_class(balancer)
+        if cls.stateful:
+            raise ValueError(f"balancer={balancer!r} keeps state across steps: create it once "
+                             "(fastmtl.balancers.make_balancer or the class), pass the instance")
+        bal = cls()
+    if isinstance(bal, GradNorm) and not bal.has_shared_layer:
+        raise ValueError("balancer: GradNorm needs the last shared layer for its update in "
+                         "fastmtl.backward: construct GradNorm(n_tasks, shared_layer=...)")
+    vec = torch.stack(losses)
+    w = bal.weights(vec)
+    bal._observe(vec)  # before the graph is freed: GradNorm's update reads it
+    result = backward([w[t] * loss for t, loss in enumerate(losses)], shared, features,
+                      combiner, generator=generator, feature_reduction=feature_reduction,
+                      batched=batched, check_finite=check_finite, monitor=monitor, **options)
+    own = bal._own_loss(vec.detach())
+    if own is not None:  # UW: the gradient of its loss w.r.t. its log-variances
+        params = [p for p in bal.parameters() if p.requires_grad]
+        if params:
+            torch.autograd.backward(own, inputs=params)
+    result.extras["loss_weights"] = w.detach()
+    return result
 
 
 def _check_features(features) -> list[Tensor]:
