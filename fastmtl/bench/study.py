@@ -19,10 +19,13 @@ of the run's steps (data indexing, forward, backward, combine, optimiser step), 
 ratio to EW at the same level of the same seed.
 
 During training :class:`fastmtl.Monitor` records, every ``record_every`` steps, the feature
-disentanglement (FD) of the per-task gradients w.r.t. ``z``, the gradient conflict and the
-magnitude similarity of the per-task gradients the method combined (encoder parameters at the
-parameter level, ``z`` at the feature level). At the parameter level the feature gradients for
-FD are taken by an extra backward through the heads only, on record steps only (not timed).
+disentanglement (FD) of the unweighted per-task gradients w.r.t. ``z``, and the gradient
+conflict and magnitude similarity of the per-task gradients of the level (encoder parameters
+at the parameter level, ``z`` at the feature level). For combiners at the feature level the
+monitor is attached to ``fastmtl.backward`` (no extra pass); elsewhere the feature gradients
+for FD are taken by an extra backward through the heads only, on record steps only, and left
+out of the step time. For balancers the Gram matrix of the weighted gradients is mapped back
+to the unweighted one, so every method's identifiers describe the raw task gradients.
 Each identifier is averaged over the records of a run, then over seeds, and the Ranking
 Similarity (:func:`fastmtl.metrics.ranking_similarity`, Kendall's tau-b) of its ranking of the
 methods against the ranking by :math:`\Delta m` is reported per level.
@@ -196,17 +199,28 @@ def _make_monitor(path: str | None, every: int, n_tasks: int):
     return Monitor(every=every, path=path)
 
 
-def _monitor_kwargs(monitor, level: str | None) -> dict:
-    """At the feature level the monitor is attached to ``fastmtl.backward``, which hands it
-    the feature gradients it already holds; at the parameter level it is fed by hand."""
-    return {"monitor": monitor} if monitor is not None and level == "feature" else {}
+def _attached(monitor, level: str | None, kind: str) -> bool:
+    """Combiners at the feature level: the monitor is attached to ``fastmtl.backward``, which
+    hands it the per-task feature gradients it already holds. Elsewhere it is fed by hand,
+    with the *unweighted* per-task feature gradients (a backward through the heads only, on
+    record steps, not timed), so that FD is measured on the same quantity for every method."""
+    return monitor is not None and level == "feature" and kind == "combiner"
 
 
 def _record(monitor, step: int, result, losses: list[Tensor], feature_grads) -> None:
-    """Parameter level: one record from the combine's Gram matrix and weights plus the
-    feature gradients taken for FD."""
-    monitor.record(step, feature_grads=feature_grads, G=result.gram, weights=result.weights,
-                   losses=losses)
+    """One hand-fed record. For a balancer, ``fastmtl.backward`` combined the gradients of
+    the weighted losses :math:`w_t L_t`; their Gram matrix is mapped back to the unweighted
+    one, :math:`G_{ij} / (w_i w_j)`, so the cosines (unchanged) and the magnitude similarity
+    describe the raw task gradients as for the combiners; the balancer's weights are
+    recorded as the weights."""
+    G, weights = result.gram, result.weights
+    w = result.extras.get("loss_weights")
+    if w is not None:
+        w = w.detach().to(G.dtype).clamp_min(1e-12)
+        G = G / torch.outer(w, w)
+        weights = w
+    monitor.record(step, feature_grads=feature_grads, G=G, weights=weights,
+                   losses=[lo.detach() for lo in losses])
 
 
 def _evaluate(model: MultiTaskNet, data: MultiTaskData, dev: torch.device) -> dict[str, dict]:
@@ -253,12 +267,12 @@ def train_run(cfg: StudyConfig, data: MultiTaskData, *, method: str | None, kind
         if kind == "single":
             losses[0].backward()
         else:
-            record = monitor is not None and step % cfg.record_every == 0
+            attached = _attached(monitor, level, kind)
+            record = monitor is not None and not attached and step % cfg.record_every == 0
             paused = 0.0
             feature_grads = None
-            if record and level == "parameter":
-                # FD needs dL_t/dz: a backward through the heads only, on record steps only,
-                # left out of the step time.
+            if record:
+                # dL_t/dz of the unweighted losses: a backward through the heads only.
                 t_fd = time.perf_counter()
                 feature_grads = torch.stack([torch.autograd.grad(lo, z, retain_graph=True)[0]
                                              for lo in losses])
@@ -267,8 +281,9 @@ def train_run(cfg: StudyConfig, data: MultiTaskData, *, method: str | None, kind
             how = {"shared": shared} if level == "parameter" else {"features": z}
             what = {"combiner": method, "generator": gen} if kind == "combiner" else \
                 {"balancer": balancer}
-            result = fa.backward(losses, **how, **what, **_monitor_kwargs(monitor, level))
-            if record and level == "parameter":
+            result = fa.backward(losses, **how, **what,
+                                 **({"monitor": monitor} if attached else {}))
+            if record:
                 t_rec = time.perf_counter()
                 _record(monitor, step, result, losses, feature_grads)
                 _sync(dev)
