@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.cli_args = list(sys.argv[1:] if argv is None else argv)  # recorded by bench study
     if getattr(args, "device", "cpu").startswith("cuda"):
         import torch
 

@@ -156,7 +156,8 @@ def _plots(results: dict, run_dir: str) -> list[str]:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("feature disentanglement")
-    axes[0][-1].legend(fontsize=7, ncol=2, loc="best")
+    if curves:
+        axes[0][-1].legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
     path = os.path.join(run_dir, "fd_curves.png")
     fig.savefig(path, dpi=110)
@@ -220,7 +221,7 @@ def write_report(run_dir: str) -> str:
     complete = "elapsed_s" in results and "summary" in results
     n_single = sum(1 for r in results["runs"] if r["kind"] == "single")
     plots = _plots(results, run_dir)
-    tasks = ", ".join(f"{t['name']} ({t['kind']})" for t in results.get("tasks", []))
+    tasks = ", ".join(f"{t['name']} ({t.get('kind', '?')})" for t in results.get("tasks", []))
     out = [f"# fastmtl bench study: {cfg['dataset']}", ""]
     out += [f"Command: `{env.get('command', '?')}`", "",
             f"- data: {cfg['dataset']}, tasks: {tasks}; {results.get('data', {})}",

@@ -322,12 +322,16 @@ IDENTIFIERS = {
 }
 
 
-def environment() -> dict:
-    """Versions, threads, device and the exact command line."""
-    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
-    head = "python -m fastmtl" if prog == "__main__.py" else \
-        "fastmtl" if prog == "fastmtl" else sys.argv[0] if sys.argv else ""
-    command = " ".join([head] + [shlex.quote(a) for a in sys.argv[1:]])
+def environment(cli_args: list[str] | None = None) -> dict:
+    """Versions, threads, device and the exact command line (``fastmtl`` + ``cli_args`` when
+    given, else rebuilt from ``sys.argv``)."""
+    if cli_args is not None:
+        command = shlex.join(["fastmtl", *cli_args])
+    else:
+        prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+        head = "python -m fastmtl" if prog == "__main__.py" else \
+            "fastmtl" if prog == "fastmtl" else sys.argv[0] if sys.argv else ""
+        command = " ".join([head] + [shlex.quote(a) for a in sys.argv[1:]])
     info = {"python": sys.version.split()[0], "command": command,
             "argv": list(sys.argv), "threads": torch.get_num_threads(),
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -465,7 +469,8 @@ def _write(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_study(cfg: StudyConfig, out_dir: str, *, progress: bool = True, log=print) -> dict:
+def run_study(cfg: StudyConfig, out_dir: str, *, progress: bool = True, log=print,
+              cli_args: list[str] | None = None) -> dict:
     """Run the whole study into ``out_dir`` (``results.json``, ``monitor/*.jsonl``)."""
     from tqdm.auto import tqdm
 
@@ -480,7 +485,7 @@ def run_study(cfg: StudyConfig, out_dir: str, *, progress: bool = True, log=prin
         if lv not in LEVELS:
             raise ValueError(f"levels must be among {LEVELS}, got {lv!r}")
     os.makedirs(os.path.join(out_dir, "monitor"), exist_ok=True)
-    results = {"config": asdict(cfg), "environment": environment(),
+    results = {"config": asdict(cfg), "environment": environment(cli_args),
                "methods": [{"name": n, "kind": k} for n, k in methods], "runs": []}
     started = time.perf_counter()
     n_runs_per_seed = None
@@ -550,7 +555,8 @@ def run(args) -> dict:
     if args.levels:
         cfg.levels = [lv for lv in args.levels.split(",") if lv]
     out = args.out or default_out_dir(args.dataset)
-    results = run_study(cfg, out, progress=not args.no_progress)
+    results = run_study(cfg, out, progress=not args.no_progress,
+                        cli_args=getattr(args, "cli_args", None))
     if not args.no_report:
         from .report import write_report
 
