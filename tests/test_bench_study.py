@@ -137,3 +137,21 @@ def test_report_from_hand_results(tmp_path):
     assert "fastmtl bench study --toy" in text
     assert "| `mgda` | combiner | -5.00 |" in text
     assert "(unfinished run)" in text
+
+
+
+def test_bench_step_torchvision_backbone():
+    import torch
+
+    from fastmtl.bench.step import bench_step
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: extra threads only spin
+    try:
+        t_plain, rows = bench_step(("mean",), batch=2, size=16, width=8, repeats=1,
+                                   backbone="mobilenet", log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert t_plain > 0
+    assert set(rows[0].ratios) == {"feature", "fork", "parameter loop", "parameter batched"}
+    assert all(r > 0 for r in rows[0].ratios.values())
