@@ -65,11 +65,17 @@ def _losses(heads, z, zs=None):
 
 
 def bench_step(methods=("mean", "pcgrad", "mgda", "cagrad"), *, device="cpu", batch=8,
-               size=32, width=16, repeats=5, log=print) -> tuple[float, list[StepRow]]:
+               size=32, width=16, repeats=5, backbone="resnet18-style",
+               log=print) -> tuple[float, list[StepRow]]:
     dev = torch.device(device)
     torch.manual_seed(0)
-    enc = resnet18_encoder(width).to(dev)
-    heads = dense_heads(width * 8).to(dev)
+    if backbone == "resnet18-style":
+        enc = resnet18_encoder(width).to(dev)
+    else:  # torchvision's resnet18 / mobilenet_v3_small (stem stride 1)
+        from .models import make_encoder
+
+        enc = make_encoder(backbone, 3, width=width, stem_stride=1).to(dev)
+    heads = dense_heads(getattr(enc, "out_channels", width * 8)).to(dev)
     x = torch.randn(batch, 3, size, size, device=dev)
     params = list(enc.parameters()) + list(heads.parameters())
 
@@ -127,7 +133,9 @@ def run(args) -> dict:
     """Entry point of ``fastmtl bench step``."""
     kwargs = dict(batch=4, size=32, width=16, repeats=3) if args.quick else \
         dict(batch=8, size=64, width=32, repeats=5)
-    print(f"fastmtl bench step: device={args.device}, ResNet-18-style encoder, 3 dense heads "
+    backbone = getattr(args, "backbone", "resnet18-style")
+    kwargs["backbone"] = backbone
+    print(f"fastmtl bench step: device={args.device}, {backbone} encoder, 3 dense heads "
           f"(ratios: step time / plain summed-loss step time)")
     t_plain, rows = bench_step(device=args.device, **kwargs)
     print()
