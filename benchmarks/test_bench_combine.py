@@ -10,7 +10,7 @@ import fastmtl
 from fastmtl import ops
 from fastmtl.bench.combine import TORCHJD_MATCH, solver_gram
 
-METHODS = ["mean", "sum", "pcgrad", "mgda", "cagrad"]
+METHODS = ["mean", "sum", "pcgrad", "mgda", "cagrad", "graddrop"]
 
 
 def _combiner(method: str, T: int):
@@ -67,7 +67,8 @@ def test_torchjd(benchmark, jacobian, method):
     record_ratio(benchmark, t_sum)
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad"])
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "nashmtl", "upgrad", "dualproj",
+                                    "imtlg", "alignedmtl", "config", "gradvac"])
 def test_solver_t128(benchmark, method):
     G = solver_gram(128)
     benchmark(fastmtl.make_combiner(method).weights, G, generator=torch.Generator())

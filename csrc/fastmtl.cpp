@@ -33,4 +33,10 @@ TORCH_LIBRARY(fastmtl, m) {
       "dual_cone_weights(Tensor G, Tensor U, float norm_eps, float reg_eps, int max_iter) "
       "-> (Tensor, Tensor)");
   m.def("feature_disentanglement(Tensor grads, float temperature, int reduce) -> Tensor");
+  m.def(
+      "graddrop(Tensor J, Tensor leak, Tensor seed, Tensor? purity=None, int stream=0) "
+      "-> Tensor");
+  m.def(
+      "graddrop_out(Tensor J, Tensor leak, Tensor seed, Tensor? purity, int stream, "
+      "Tensor(a!) out, bool accumulate=False) -> ()");
 }

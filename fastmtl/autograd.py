@@ -128,11 +128,15 @@ def _solve(
     generator: torch.Generator | None, check_finite: bool,
 ) -> tuple[Tensor, Tensor, dict]:
     """G = sum of the blocks' Gram matrices (G is additive over columns), then the weights.
-    ``losses`` may be None (fork sees no losses); combiners that need them then raise."""
+    ``losses`` may be None (fork sees no losses); combiners that need them then raise.
+    Element-wise combiners (GradDrop) get no weights (None) but the Philox key of the step
+    in ``extras["seed"]``; their G serves the finiteness check and the monitor."""
     T = blocks[0].shape[0]
     G = sum(ops.gram(b).to(torch.float64) for b in blocks)
     if check_finite:
         check_finite_gram(G)
+    if not combiner.is_gramian:
+        return None, G, {"seed": combiner.draw_seed(G.device, generator)}
     loss_vec = None
     if combiner.needs_losses and losses is not None:
         loss_vec = torch.stack([loss.detach().to(torch.float64) for loss in losses])
@@ -147,10 +151,19 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad.reshape(param.shape))
 
 
-def _combine_into_grad(w: Tensor, block: Tensor, param: Tensor) -> None:
-    """d = w^T block added to param.grad, in place when the buffer allows it."""
+def _combine_into_grad(comb: Combiner, w: Tensor | None, extras: dict, stream: int,
+                       block: Tensor, param: Tensor) -> None:
+    """d = w^T block (or the element-wise direction, on Philox stream ``stream``) added to
+    param.grad, in place when the buffer allows it."""
     g = param.grad
-    if g is not None and g.is_contiguous() and g.dtype == block.dtype:
+    into = g is not None and g.is_contiguous() and g.dtype == block.dtype
+    if w is None:
+        seed = extras["seed"]
+        if into:
+            comb.direction(block, seed, stream=stream, out=g.view(-1), accumulate=True)
+        else:
+            _accumulate(param, comb.direction(block, seed, stream=stream))
+    elif into:
         ops.combine_rows(w, block, out=g.view(-1), accumulate=True)
     else:
         _accumulate(param, ops.combine_rows(w, block))
@@ -362,8 +375,8 @@ def _parameter_level(losses, shared, comb, generator, batched, check_finite,
     # Nothing was written so far: from here on, .grad is updated.
     if heads:
         torch.autograd.backward(losses, inputs=list(heads.values()))
-    for block, p in zip(blocks, shared, strict=True):
-        _combine_into_grad(w, block, p)
+    for i, (block, p) in enumerate(zip(blocks, shared, strict=True)):
+        _combine_into_grad(comb, w, extras, i, block, p)
     if monitor is not None:
         monitor._observe(G=G, weights=w, losses=losses)
     return BackwardResult("parameter", w, G, extras, path)
@@ -394,7 +407,11 @@ def _feature_level(losses, zs, comb, generator, reduction, check_finite, monitor
     w, G, extras = _solve(comb, decide, losses, generator, check_finite)
     for p, g in head_grads:
         _accumulate(p, g)
-    combined = [ops.combine_rows(w, b).view_as(z) for b, z in zip(blocks, zs, strict=True)]
+    if w is None:  # element-wise (GradDrop): the paper's batch-separated feature rule
+        combined = [comb.feature_direction(b.view(T, *z.shape), z, extras["seed"], stream=i)
+                    for i, (b, z) in enumerate(zip(blocks, zs, strict=True))]
+    else:
+        combined = [ops.combine_rows(w, b).view_as(z) for b, z in zip(blocks, zs, strict=True)]
     torch.autograd.backward(zs, grad_tensors=combined)
     if monitor is not None:
         monitor._observe(feature_blocks=[b.view(T, *z.shape) for b, z in zip(blocks, zs,
@@ -418,6 +435,8 @@ class _Fork(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, n_tasks: int, state: _ForkState):
         ctx.state = state
+        if not state.combiner.is_gramian:  # GradDrop reads the signs of z
+            ctx.save_for_backward(z)
         return tuple(z.view_as(z) for _ in range(n_tasks))
 
     @staticmethod
@@ -427,7 +446,12 @@ class _Fork(torch.autograd.Function):
         rows = [g if g is not None else torch.zeros_like(ref) for g in grads]
         J = torch.stack(rows).reshape(len(rows), -1)
         w, G, extras = _solve(state.combiner, [J], None, state.generator, state.check_finite)
-        d = ops.combine_rows(w, J).view_as(ref)
+        if w is None:
+            (z,) = ctx.saved_tensors
+            d = state.combiner.feature_direction(J.view(len(rows), *ref.shape), z,
+                                                 extras["seed"])
+        else:
+            d = ops.combine_rows(w, J).view_as(ref)
         state.last = BackwardResult("feature", w, G, extras, "fork")
         if state.on_combine is not None:
             state.on_combine(J.view(len(rows), *ref.shape), state.last)

@@ -29,6 +29,7 @@ __all__ = [
     "min_norm_weights",
     "cagrad_weights",
     "feature_disentanglement",
+    "graddrop",
     "has_native_kernel",
 ]
 
@@ -37,6 +38,7 @@ _OPS = (
     "gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights",
     "symmetric_eigh", "imtlg_weights", "aligned_mtl_weights", "config_weights",
     "gradvac_coefficients", "nash_weights", "dual_cone_weights", "feature_disentanglement",
+    "graddrop",
 )
 
 
@@ -220,6 +222,32 @@ def feature_disentanglement(grads: Tensor, temperature: float, reduce: int) -> T
     return reference.feature_disentanglement(grads, temperature, reduce)
 
 
+def graddrop(
+    J: Tensor, leak: Tensor, seed: Tensor, *, purity: Tensor | None = None, stream: int = 0,
+    out: Tensor | None = None, accumulate: bool = False,
+) -> Tensor:
+    r"""GradDrop of ``J`` ``[T, N]`` in one pass: the sign-purity masks with Philox uniforms
+    under key ``seed`` (int64 ``[2]``, on ``J``'s device) and ``stream``, and the masked sum
+    :math:`d_n = \sum_t (k_t + (1 - k_t) M_{tn}) J_{tn}` with ``leak`` :math:`k` (float64
+    ``[T]``). ``purity`` ``[T, D]`` (``N = B D``) gives the signs and purity of column
+    ``n mod D`` instead of ``J`` itself (the batch-separated rule). With ``out`` the result is
+    written into it (or added, ``accumulate=True``). See :func:`fastmtl.reference.graddrop`.
+    """
+    native = has_native_kernel("graddrop", J.device.type)
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs an `out` tensor to add to")
+        if native:
+            return torch.ops.fastmtl.graddrop(J, leak, seed, purity, stream)
+        return reference.graddrop(J, leak, seed, purity, stream)
+    if native:
+        torch.ops.fastmtl.graddrop_out(J, leak, seed, purity, stream, out, accumulate)
+    else:
+        d = reference.graddrop(J, leak, seed, purity, stream).view(out.shape)
+        out.add_(d) if accumulate else out.copy_(d)
+    return out
+
+
 if native_available():
 
     @torch.library.register_fake("fastmtl::gram")
@@ -290,3 +318,14 @@ if native_available() and hasattr(torch.ops.fastmtl, "feature_disentanglement"):
         dtype = reference.gram_dtype(grads.dtype)
         shape = (grads.shape[1],) if reduce == 0 else ()
         return grads.new_empty(shape, dtype=dtype)
+
+if native_available() and hasattr(torch.ops.fastmtl, "graddrop"):
+
+    @torch.library.register_fake("fastmtl::graddrop")
+    def _graddrop_fake(J, leak, seed, purity=None, stream=0):
+        torch._check(J.dim() == 2, lambda: "J must be 2-D [T, N]")
+        return J.new_empty((J.shape[1],))
+
+    @torch.library.register_fake("fastmtl::graddrop_out")
+    def _graddrop_out_fake(J, leak, seed, purity, stream, out, accumulate=False):
+        return None

@@ -19,6 +19,9 @@ __all__ = [
     "min_norm_weights",
     "cagrad_weights",
     "gram_dtype",
+    "feature_disentanglement",
+    "graddrop",
+    "philox_uniform",
 ]
 
 
@@ -200,7 +203,7 @@ def _cagrad_one(G: Tensor, c: float, rescale: int, max_outer: int,
             break
     w_star = best[1]
     gw = math.sqrt(max(float(w_star @ G @ w_star), 0.0))
-    lam = kappa / gw if gw > 1e-12 * math.sqrt(scale) else 0.0
+    lam = kappa / gw if gw > 1e-10 * math.sqrt(scale) else 0.0
     return (1.0 / T + lam * w_star) / s_div, w_star, torch.tensor(True)
 
 
@@ -491,3 +494,79 @@ def feature_disentanglement(grads: Tensor, temperature: float = 0.0, reduce: int
     den_ok = den != 0
     fd = 1.0 - num / (torch.where(den_ok, den, torch.ones_like(den)) * log_t)
     return torch.where(den_ok, fd, torch.zeros_like(fd)).to(out_dtype)
+
+
+# ---- GradDrop ---------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
+    """High and low 32-bit words of ``a * b`` for a 32-bit constant and uint32 values held in
+    int64 (the 64-bit product would overflow int64, so ``a`` is split in 16-bit halves)."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    low_part = a_lo * b  # < 2^48
+    hi = (a_hi * b + (low_part >> 16)) >> 16
+    lo = (a * b) & _MASK32  # int64 wraps modulo 2^64: the low word is exact
+    return hi & _MASK32, lo
+
+
+def philox4x32_10(counter: Tensor, key: tuple[int, int]) -> Tensor:
+    """Philox4x32-10 (Salmon et al., SC 2011) of ``counter`` ``[..., 4]`` (uint32 values in
+    int64) under ``key`` (two uint32 words): the ``[..., 4]`` random words, as int64."""
+    c = [counter[..., i] & _MASK32 for i in range(4)]
+    k0, k1 = key[0] & _MASK32, key[1] & _MASK32
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(0xD2511F53, c[0])
+        hi1, lo1 = _mulhilo32(0xCD9E8D57, c[2])
+        c = [hi1 ^ c[1] ^ k0, lo1, hi0 ^ c[3] ^ k1, lo0]
+        k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
+    return torch.stack(c, dim=-1)
+
+
+def philox_uniform(n: int, key: tuple[int, int], stream: int = 0,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """The float32 uniforms in (0, 1) the GradDrop op draws for elements ``0 .. n-1``:
+    element ``d`` takes lane ``d % 4`` of the block counter ``(d // 4, 0, stream, 0)`` and
+    maps its top 23 bits ``m`` to ``(m + 1/2) 2^-23`` (exact, never 0 or 1)."""
+    blocks = torch.arange((n + 3) // 4, dtype=torch.int64, device=device)
+    counter = torch.stack([blocks & _MASK32, blocks >> 32, torch.full_like(blocks, stream),
+                           torch.zeros_like(blocks)], dim=-1)
+    words = philox4x32_10(counter, key).reshape(-1)[:n]
+    return ((words >> 9).to(torch.float32) + 0.5) * 2.0 ** -23
+
+
+def graddrop(J: Tensor, leak: Tensor, seed: Tensor, purity: Tensor | None = None,
+             stream: int = 0) -> Tensor:
+    r"""GradDrop (Chen et al. 2020, Algorithm 1) of ``J`` ``[T, N]`` with the uniforms of
+    :func:`philox_uniform` under key ``seed`` ``[2]``.
+
+    With :math:`x_t` the purity source (``J``'s column, or column ``d`` of ``purity``
+    ``[T, D]`` for element ``n = b D + d``): :math:`P = \frac12 (1 + \sum_t x_t /
+    \sum_t |x_t|)` (1/2 where every :math:`x_t = 0`), :math:`M_t = [P > u][x_t > 0] + [P <
+    u][x_t < 0]` and :math:`d_n = \sum_t (k_t + (1 - k_t) M_t) J_{tn}`; float32 sums in task
+    order (float64 for float64 input), returned in ``J``'s dtype.
+    """
+    acc = torch.float64 if J.dtype == torch.float64 else torch.float32
+    T, N = J.shape
+    src = J if purity is None else purity
+    D = src.shape[1]
+    if N == 0:
+        return J.new_empty(0)
+    key = (int(seed[0]), int(seed[1]))
+    s = torch.zeros(D, dtype=acc, device=J.device)
+    a = torch.zeros(D, dtype=acc, device=J.device)
+    for t in range(T):
+        x = src[t].to(acc)
+        s = s + x
+        a = a + x.abs()
+    P = torch.where(a > 0, 0.5 * (1 + s / a), torch.full_like(s, 0.5))
+    u = philox_uniform(D, key, stream, J.device).to(acc)
+    keep = (P > u).to(torch.int8) - (P < u).to(torch.int8)
+    out = torch.zeros(N // max(D, 1), D, dtype=acc, device=J.device)
+    for t in range(T):
+        sign = torch.sign(src[t].to(acc)).to(torch.int8)
+        kept = (keep != 0) & (sign == keep)
+        c = torch.where(kept, torch.ones_like(s), torch.full_like(s, float(leak[t])))
+        out = out + J[t].to(acc).view(-1, D) * c
+    return out.reshape(N).to(J.dtype)

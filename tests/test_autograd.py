@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import fastmtl
+from fastmtl import reference
 
 T = 3
 METHODS = fastmtl.available_methods()
@@ -57,10 +58,27 @@ def _assert_same(a, b):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
 
 
+def _graddrop_seed(device):
+    return fastmtl.GradDrop.draw_seed(torch.device(device), torch.Generator(device).manual_seed(0))
+
+
+def _hand_graddrop_parameter_level(losses, shared, heads, device):
+    """GradDrop per parameter tensor, Philox stream i for the i-th shared parameter."""
+    seed = _graddrop_seed(device)
+    leak = torch.zeros(T, dtype=torch.float64, device=device)
+    blocks = [torch.stack(g).reshape(T, -1) for g in zip(*(
+        torch.autograd.grad(loss, shared, retain_graph=True) for loss in losses), strict=True)]
+    torch.autograd.backward(losses, inputs=list(heads.parameters()))
+    for i, (p, block) in enumerate(zip(shared, blocks, strict=True)):
+        p.grad = reference.graddrop(block, leak, seed, None, i).view_as(p).clone()
+
+
 def _hand_parameter_level(enc, heads, x, ys, method):
     z = enc(x)
     losses = _losses(heads, z, ys)
     shared = list(enc.parameters())
+    if method == "graddrop":
+        return _hand_graddrop_parameter_level(losses, shared, heads, x.device)
     rows = []
     for loss in losses:
         g = torch.autograd.grad(loss, shared, retain_graph=True)
@@ -80,8 +98,14 @@ def _hand_feature_level(enc, heads, x, ys, method):
     losses = _losses(heads, z, ys)
     rows = [torch.autograd.grad(loss, z, retain_graph=True)[0] for loss in losses]
     J = torch.stack(rows)
-    d = fastmtl.combine(J, method, generator=torch.Generator(x.device).manual_seed(0),
-                        losses=torch.stack([loss.detach() for loss in losses]))
+    if method == "graddrop":  # the paper's rule: purity of sum_b sign(z_b) g_tb
+        B = z.shape[0]
+        purity = torch.einsum("tbi,bi->ti", J.reshape(T, B, -1), z.detach().sign().reshape(B, -1))
+        d = reference.graddrop(J.reshape(T, -1), torch.zeros(T, dtype=torch.float64,
+                               device=x.device), _graddrop_seed(x.device), purity, 0).view_as(z)
+    else:
+        d = fastmtl.combine(J, method, generator=torch.Generator(x.device).manual_seed(0),
+                            losses=torch.stack([loss.detach() for loss in losses]))
     torch.autograd.backward(losses, inputs=list(heads.parameters()))
     z.backward(d)
 
@@ -97,7 +121,8 @@ def test_parameter_level_matches_hand_written(model, method, batched, device):
     z = enc(x)
     r = fastmtl.backward(_losses(heads, z, ys), shared=enc.parameters(), combiner=method,
                          generator=torch.Generator(device).manual_seed(0), batched=batched)
-    assert r.level == "parameter" and r.weights.shape == (T,)
+    assert r.level == "parameter"
+    assert r.weights is None if method == "graddrop" else r.weights.shape == (T,)
     _assert_same(_grads(enc, heads), expected)
 
 

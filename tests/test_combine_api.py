@@ -195,3 +195,26 @@ def test_pure_pytorch_fallback_matches_native(method, monkeypatch):
     assert not fastmtl.ops.has_native_kernel("gram", "cpu")
     fallback = fastmtl.combine(J, method, **opts)
     torch.testing.assert_close(fallback, native, rtol=1e-9, atol=1e-12)
+
+
+def test_cagrad_optimum_at_a_zero_gradient_is_order_independent():
+    """A zero task gradient beside rows 1e3 times longer: the dual optimum is g_w = 0, and
+    the root search's noise around it (||g_w|| ~ 1e-12 max||g||) must not pick the direction
+    (it once did, by task order: found by the permutation property test)."""
+    J = torch.tensor([
+        [-2.3104e+03, -3.7325e+02, -1.0608e+03, 9.9951e+02, -8.8403e+02, -1.2755e+03,
+         -6.2322e+02, -8.6644e+02],
+        [-1.2956, 1.5236, 0.32366, 2.0177, 1.1357, -1.2269, 0.071388, 0.33802],
+        [0.15352, -0.63327, -1.2609, -0.72695, -0.019965, 0.21030, 0.17719, -0.83051],
+        [1.0112, -0.24268, -0.77301, -1.5952, -0.68700, 1.4881, -0.44842, -0.89100],
+        [0.0] * 8,
+        [0.65392, 0.14822, -1.1461, 1.8728, -0.30991, 0.24018, -1.3488, 0.24440],
+        [-3.1453, -0.11373, 1.6962, -0.66520, -0.58722, 2.8321, 0.90400, 0.94784],
+        [-1.3809, -2.0548, 0.047577, -0.38557, -0.27503, 0.88659, 1.4857, -0.0078556],
+    ], dtype=torch.float64)
+    d = fastmtl.combine(J, "cagrad")
+    torch.testing.assert_close(d, J.mean(0) / 1.16)  # g_w* = 0: d = g0 / (1 + c^2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        perm = torch.randperm(8, generator=g)
+        torch.testing.assert_close(fastmtl.combine(J[perm], "cagrad"), d, rtol=1e-9, atol=1e-9)

@@ -25,7 +25,7 @@ from .._native import native_available
 from ..api import make_combiner
 
 METHODS = ("mean", "sum", "pcgrad", "mgda", "cagrad", "imtlg", "alignedmtl", "config",
-           "gradvac", "rgw", "nashmtl", "upgrad", "dualproj")
+           "gradvac", "rgw", "nashmtl", "upgrad", "dualproj", "graddrop")
 # torchjd aggregators / weightings with the same definition (see tests for conventions).
 TORCHJD_MATCH = {
     "mean": ("Mean", "MeanWeighting", {}),
@@ -42,6 +42,7 @@ TORCHJD_MATCH = {
     "nashmtl": ("NashMTL", "NashMTL", {}),
     "upgrad": ("UPGrad", "UPGradWeighting", {}),
     "dualproj": ("DualProj", "DualProjWeighting", {}),
+    "graddrop": ("GradDrop", None, {}),
 }
 
 
@@ -184,7 +185,7 @@ def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = 
     agg = _torchjd() if with_peers else None
     rows = []
     for m in methods:
-        if m in ("mean", "sum", "rgw"):  # no solver
+        if m in ("mean", "sum", "rgw", "graddrop"):  # no solver
             continue
         comb = make_combiner(m)
         weights = partial(comb.weights, G, generator=torch.Generator().manual_seed(0))

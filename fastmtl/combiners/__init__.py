@@ -6,6 +6,7 @@ from .cagrad import CAGrad
 from .config import ConFIG
 from .dual_cone import DualProj, UPGrad
 from .ew import Mean, Sum
+from .graddrop import GradDrop
 from .gradvac import GradVac
 from .imtlg import IMTLG
 from .mgda import MGDA
@@ -32,4 +33,5 @@ __all__ = [
     "NashMTL",
     "UPGrad",
     "DualProj",
+    "GradDrop",
 ]

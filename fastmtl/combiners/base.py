@@ -66,14 +66,15 @@ class CombineResult:
 
     Attributes:
         direction: the combined update, shaped like one task's gradient.
-        weights: float64 ``[T]`` with ``direction = weights @ J``.
+        weights: float64 ``[T]`` with ``direction = weights @ J``; None for element-wise
+            methods (GradDrop), whose direction is no combination of the rows.
         gram: the Gram matrix ``J J^T`` (float32, or float64 for float64 input), or None
             for methods that do not form it when ``check_finite=False``.
         extras: method-specific diagnostics (convergence flags, dual solutions, ...).
     """
 
     direction: Tensor
-    weights: Tensor
+    weights: Tensor | None
     gram: Tensor | None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -181,6 +182,8 @@ class Combiner(torch.nn.Module):
     name: ClassVar[str] = ""
     #: False for methods whose weights do not depend on G (Mean, Sum).
     requires_gram: ClassVar[bool] = True
+    #: False for element-wise methods (GradDrop): no weights, the direction is no w^T J.
+    is_gramian: ClassVar[bool] = True
     #: True for methods that need the per-task losses (MGDA's loss normalisations).
     needs_losses: bool = False
     #: True for methods that draw random numbers (they accept a torch.Generator).
