@@ -542,10 +542,14 @@ def graddrop(J: Tensor, leak: Tensor, seed: Tensor, purity: Tensor | None = None
     :func:`philox_uniform` under key ``seed`` ``[2]``.
 
     With :math:`x_t` the purity source (``J``'s column, or column ``d`` of ``purity``
-    ``[T, D]`` for element ``n = b D + d``): :math:`P = \frac12 (1 + \sum_t x_t /
-    \sum_t |x_t|)` (1/2 where every :math:`x_t = 0`), :math:`M_t = [P > u][x_t > 0] + [P <
-    u][x_t < 0]` and :math:`d_n = \sum_t (k_t + (1 - k_t) M_t) J_{tn}`; float32 sums in task
-    order (float64 for float64 input), returned in ``J``'s dtype.
+    ``[T, D]`` for element ``n = b D + d``), :math:`x^+ = \sum_t \max(x_t, 0)` and
+    :math:`x^- = \sum_t \min(x_t, 0)`: :math:`P = \frac12 (1 + (x^+ + x^-) / (x^+ - x^-))`
+    (1/2 where every :math:`x_t = 0`), :math:`M_t = [P > u][x_t > 0] + [P < u][x_t < 0]` and
+    :math:`d_n = \sum_t (k_t + (1 - k_t) M_t) J_{tn}`. Without ``purity`` the kept part is
+    :math:`x^+` or :math:`x^-`, so :math:`d = \sum_t k_t x_t + \sum_t (1 - k_t)
+    x_t^{\pm}` is formed from sums taken before the decision (as the native op does).
+    Sums run in float32 in task order (float64 for float64 input); the result has ``J``'s
+    dtype.
     """
     acc = torch.float64 if J.dtype == torch.float64 else torch.float32
     T, N = J.shape
@@ -554,19 +558,31 @@ def graddrop(J: Tensor, leak: Tensor, seed: Tensor, purity: Tensor | None = None
     if N == 0:
         return J.new_empty(0)
     key = (int(seed[0]), int(seed[1]))
-    s = torch.zeros(D, dtype=acc, device=J.device)
-    a = torch.zeros(D, dtype=acc, device=J.device)
-    for t in range(T):
-        x = src[t].to(acc)
-        s = s + x
-        a = a + x.abs()
+    zero = torch.zeros(D, dtype=acc, device=J.device)
+    rows = [src[t].to(acc) for t in range(T)]
+    pos, neg = zero, zero
+    for x in rows:
+        pos = pos + x.clamp_min(0)
+        neg = neg + x.clamp_max(0)
+    s, a = pos + neg, pos - neg
     P = torch.where(a > 0, 0.5 * (1 + s / a), torch.full_like(s, 0.5))
     u = philox_uniform(D, key, stream, J.device).to(acc)
     keep = (P > u).to(torch.int8) - (P < u).to(torch.int8)
-    out = torch.zeros(N // max(D, 1), D, dtype=acc, device=J.device)
-    for t in range(T):
-        sign = torch.sign(src[t].to(acc)).to(torch.int8)
-        kept = (keep != 0) & (sign == keep)
-        c = torch.where(kept, torch.ones_like(s), torch.full_like(s, float(leak[t])))
+    k = [float(v) for v in leak]
+    if purity is None:
+        ks, wpos, wneg = zero, zero, zero
+        for t, x in enumerate(rows):
+            ks = ks + k[t] * x
+            wpos = wpos + (1 - k[t]) * x.clamp_min(0)
+            wneg = wneg + (1 - k[t]) * x.clamp_max(0)
+        if not any(k):
+            ks, wpos, wneg = zero, pos, neg
+        none = (pos + neg) * 0  # a tie keeps nothing: 0, or NaN where the column held NaN/Inf
+        kept = torch.where(keep > 0, wpos, torch.where(keep < 0, wneg, none))
+        return (ks + kept).to(J.dtype)
+    out = torch.zeros(N // D, D, dtype=acc, device=J.device)
+    for t, x in enumerate(rows):
+        c = torch.where((keep != 0) & (torch.sign(x).to(torch.int8) == keep),
+                        torch.ones_like(x), torch.full_like(x, k[t]))
         out = out + J[t].to(acc).view(-1, D) * c
     return out.reshape(N).to(J.dtype)

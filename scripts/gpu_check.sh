@@ -23,6 +23,8 @@ step sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 \
   python -m pytest tests/test_ops.py -q -p no:cacheprovider -k cuda
 step sanitizer_fd compute-sanitizer --tool memcheck --error-exitcode 1 \
   python -m pytest tests/test_metrics.py -q -p no:cacheprovider -k "cuda and fd_op"
+step sanitizer_graddrop compute-sanitizer --tool memcheck --error-exitcode 1 \
+  python -m pytest tests/test_graddrop.py -q -p no:cacheprovider -k "cuda or cpu_and_cuda"
 step bench python -m fastmtl bench combine --device cuda --T 2,10,40 --P 1e7,1e8 \
   --repeats 10 --no-peers --json "$OUT/bench_cuda.json"
 step bench_fd python -m fastmtl bench fd --device cuda --json "$OUT/bench_fd_cuda.json"

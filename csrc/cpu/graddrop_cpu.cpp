@@ -6,9 +6,11 @@
 //   keep_d = +1 if P_d > u_d, -1 if P_d < u_d, 0 on a tie
 //   c_td = 1 if sign(x_t) == keep_d != 0, else leak_t       (= k_t + (1 - k_t) M_td)
 //   out[b * D + d] (+)= sum_t c_td J[t, b * D + d]
-// J is walked in column blocks that stay in cache between the purity and the sum, so every
-// element of J is read from memory once. Sums run in float32 (float64 for float64 input) in
-// task order, as the pure-PyTorch reference does.
+// P is formed from the positive and negative parts pos = sum_t max(x_t, 0), neg = sum_t
+// min(x_t, 0) (s = pos + neg, sum |x| = pos - neg). Without a purity source the kept sum is
+// one of those parts, so J is read once with no second loop (block_direct); with one, J is
+// walked in column blocks that stay in cache (block_purity). Sums run in float32 (float64
+// for float64 input) in task order, as the pure-PyTorch reference does.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -44,34 +46,116 @@ struct GradDropArgs {
   uint32_t k0, k1, stream;  // Philox key and stream
 };
 
-// keep[i] for columns [d0, d0 + m) from the purity source rows.
-template <typename S, typename A>
-FASTMTL_GD_INLINE void block_keep(const S* src, const GradDropArgs& a, int64_t d0, int64_t m,
-                                  A* sum, A* abs_sum, int8_t* keep) {
-  for (int64_t i = 0; i < m; ++i) sum[i] = abs_sum[i] = A(0);
-  for (int t = 0; t < a.T; ++t) {
-    const S* row = src + t * a.lds + d0;
-    for (int64_t i = 0; i < m; ++i) {
-      const A x = static_cast<A>(row[i]);
-      sum[i] += x;
-      abs_sum[i] += std::abs(x);
+// Philox uniforms of columns [d0, d0 + m) (d0 a multiple of 4): four block counters at a
+// time in 64-bit vector lanes holding 32-bit words, so the 32x32->64 multiplies vectorise.
+typedef uint64_t v4u64 __attribute__((vector_size(32)));
+
+FASTMTL_GD_INLINE void block_uniforms(const GradDropArgs& a, int64_t d0, int64_t m, float* u) {
+  const v4u64 lo32 = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
+  for (int64_t i = 0; i < m; i += 16) {
+    const uint64_t b0 = static_cast<uint64_t>((d0 + i) >> 2);
+    v4u64 c0 = {b0, b0 + 1, b0 + 2, b0 + 3};
+    v4u64 c1 = c0 >> 32;
+    c0 &= lo32;
+    v4u64 c2 = {a.stream, a.stream, a.stream, a.stream};
+    v4u64 c3 = {0, 0, 0, 0};
+    uint64_t k0 = a.k0, k1 = a.k1;
+    for (int round = 0; round < 10; ++round) {
+      const v4u64 p0 = c0 * 0xD2511F53u, p1 = c2 * 0xCD9E8D57u;
+      const v4u64 n0 = (p1 >> 32) ^ c1 ^ k0, n2 = (p0 >> 32) ^ c3 ^ k1;
+      c1 = p1 & lo32;
+      c3 = p0 & lo32;
+      c0 = n0;
+      c2 = n2;
+      k0 = (k0 + 0x9E3779B9u) & 0xffffffffu;
+      k1 = (k1 + 0xBB67AE85u) & 0xffffffffu;
     }
-  }
-  for (int64_t i = 0; i < m; i += 4) {
-    const Philox4 r = philox_block(static_cast<uint64_t>((d0 + i) >> 2), a.stream, a.k0, a.k1);
-    for (int64_t l = 0; l < 4 && i + l < m; ++l) {
-      const A s = sum[i + l], z = abs_sum[i + l];
-      const A P = z > A(0) ? A(0.5) * (A(1) + s / z) : A(0.5);
-      const A u = static_cast<A>(philox_to_unit(r.v[l]));
-      keep[i + l] = static_cast<int8_t>((P > u) - (P < u));
+    for (int l = 0; l < 4; ++l) {
+      const int64_t j = i + 4 * l;
+      const uint32_t words[4] = {static_cast<uint32_t>(c0[l]), static_cast<uint32_t>(c1[l]),
+                                 static_cast<uint32_t>(c2[l]), static_cast<uint32_t>(c3[l])};
+      for (int w = 0; w < 4 && j + w < m; ++w) u[j + w] = philox_to_unit(words[w]);
     }
   }
 }
 
+// Sign-purity decision of one column from its positive and negative parts.
+template <typename A>
+FASTMTL_GD_INLINE int8_t keep_sign(A pos, A neg, float u) {
+  const A s = pos + neg, z = pos - neg;
+  const A P = z > A(0) ? A(0.5) * (A(1) + s / z) : A(0.5);
+  return static_cast<int8_t>((P > static_cast<A>(u)) - (P < static_cast<A>(u)));
+}
+
 template <typename S, typename A>
-FASTMTL_GD_INLINE void block_sum(const S* J, const S* src, const A* leak,
-                                 const GradDropArgs& a, int64_t d0, int64_t m,
-                                 const int8_t* keep, A* acc, S* out, bool accumulate) {
+FASTMTL_GD_INLINE void store(S* o, int64_t i, A v, bool accumulate) {
+  o[i] = static_cast<S>(accumulate ? static_cast<A>(o[i]) + v : v);
+}
+
+// Purity from J itself (B = 1): one pass. With x_t = J[t, d], the kept sum is the positive
+// or the negative part, so d = sum_t k_t x_t + sum_t (1 - k_t) x_t^{+/-}: every sum is
+// formed before the decision and J is read once, with no second loop over the tasks.
+template <typename S, typename A, bool kLeak>
+FASTMTL_GD_INLINE void block_direct(const S* __restrict__ J, const A* __restrict__ leak,
+                                    const GradDropArgs& a, int64_t d0, int64_t m,
+                                    A* __restrict__ pos, A* __restrict__ neg,
+                                    A* __restrict__ ks, A* __restrict__ wpos,
+                                    A* __restrict__ wneg, float* __restrict__ u,
+                                    S* __restrict__ out, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i) {
+    pos[i] = neg[i] = A(0);
+    if constexpr (kLeak) ks[i] = wpos[i] = wneg[i] = A(0);
+  }
+  for (int t = 0; t < a.T; ++t) {
+    const S* row = J + t * a.ldj + d0;
+    const A k = leak[t], keep_w = A(1) - k;
+    for (int64_t i = 0; i < m; ++i) {
+      const A x = static_cast<A>(row[i]);
+      // NaN goes into both parts (so into P and the result)
+      const A xp = x < A(0) ? A(0) : x, xn = x > A(0) ? A(0) : x;
+      pos[i] += xp;
+      neg[i] += xn;
+      if constexpr (kLeak) {
+        ks[i] += k * x;
+        wpos[i] += keep_w * xp;
+        wneg[i] += keep_w * xn;
+      }
+    }
+  }
+  block_uniforms(a, d0, m, u);
+  S* o = out + d0;
+  for (int64_t i = 0; i < m; ++i) {
+    const int8_t keep = keep_sign<A>(pos[i], neg[i], u[i]);
+    // A tie keeps nothing: 0, or NaN where the column held NaN/Inf (P is NaN there).
+    const A none = (pos[i] + neg[i]) * A(0);
+    A v;
+    if constexpr (kLeak) {
+      v = ks[i] + (keep > 0 ? wpos[i] : (keep < 0 ? wneg[i] : none));
+    } else {
+      v = keep > 0 ? pos[i] : (keep < 0 ? neg[i] : none);
+    }
+    store<S, A>(o, i, v, accumulate);
+  }
+}
+
+// Purity from a separate [T, D] source (the batch-separated rule): the decision per column
+// of the source, then the masked sum over the tasks for every batch row of J.
+template <typename S, typename A>
+FASTMTL_GD_INLINE void block_purity(const S* J, const S* src, const A* leak,
+                                    const GradDropArgs& a, int64_t d0, int64_t m, A* pos,
+                                    A* neg, A* acc, float* u, int8_t* keep, S* out,
+                                    bool accumulate) {
+  for (int64_t i = 0; i < m; ++i) pos[i] = neg[i] = A(0);
+  for (int t = 0; t < a.T; ++t) {
+    const S* row = src + t * a.lds + d0;
+    for (int64_t i = 0; i < m; ++i) {
+      const A x = static_cast<A>(row[i]);
+      pos[i] += x < A(0) ? A(0) : x;
+      neg[i] += x > A(0) ? A(0) : x;
+    }
+  }
+  block_uniforms(a, d0, m, u);
+  for (int64_t i = 0; i < m; ++i) keep[i] = keep_sign<A>(pos[i], neg[i], u[i]);
   for (int64_t b = 0; b < a.batch; ++b) {
     const int64_t n0 = b * a.D + d0;
     for (int64_t i = 0; i < m; ++i) acc[i] = A(0);
@@ -86,41 +170,47 @@ FASTMTL_GD_INLINE void block_sum(const S* J, const S* src, const A* leak,
         acc[i] += static_cast<A>(jr[i]) * c;
       }
     }
-    S* o = out + n0;
-    if (accumulate) {
-      for (int64_t i = 0; i < m; ++i) o[i] = static_cast<S>(static_cast<A>(o[i]) + acc[i]);
-    } else {
-      for (int64_t i = 0; i < m; ++i) o[i] = static_cast<S>(acc[i]);
-    }
+    for (int64_t i = 0; i < m; ++i) store<S, A>(out + n0, i, acc[i], accumulate);
   }
 }
 
 template <typename S, typename A>
 FASTMTL_GD_INLINE void blocks_range_body(const S* J, const S* src, const A* leak,
-                                         const GradDropArgs& a, int64_t c0, int64_t c1, S* out,
-                                         bool accumulate) {
-  std::vector<A> sum(kBlock), abs_sum(kBlock), acc(kBlock);
+                                         const GradDropArgs& a, bool has_leak, int64_t c0,
+                                         int64_t c1, S* out, bool accumulate) {
+  std::vector<A> buf(5 * kBlock);
+  A *pos = buf.data(), *neg = pos + kBlock, *x3 = neg + kBlock, *x4 = x3 + kBlock,
+    *x5 = x4 + kBlock;
+  std::vector<float> u(kBlock);
   std::vector<int8_t> keep(kBlock);
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t d0 = c * kBlock, m = std::min(kBlock, a.D - d0);
-    block_keep<S, A>(src, a, d0, m, sum.data(), abs_sum.data(), keep.data());
-    block_sum<S, A>(J, src, leak, a, d0, m, keep.data(), acc.data(), out, accumulate);
+    if (src != J) {
+      block_purity<S, A>(J, src, leak, a, d0, m, pos, neg, x3, u.data(), keep.data(), out,
+                         accumulate);
+    } else if (has_leak) {
+      block_direct<S, A, true>(J, leak, a, d0, m, pos, neg, x3, x4, x5, u.data(), out,
+                               accumulate);
+    } else {
+      block_direct<S, A, false>(J, leak, a, d0, m, pos, neg, x3, x4, x5, u.data(), out,
+                                accumulate);
+    }
   }
 }
 
 // The same loops compiled for the baseline ISA and for AVX2+FMA, picked at run time.
 template <typename S, typename A>
-void blocks_range(const S* J, const S* src, const A* leak, const GradDropArgs& a, int64_t c0,
-                  int64_t c1, S* out, bool accumulate) {
-  blocks_range_body<S, A>(J, src, leak, a, c0, c1, out, accumulate);
+void blocks_range(const S* J, const S* src, const A* leak, const GradDropArgs& a,
+                  bool has_leak, int64_t c0, int64_t c1, S* out, bool accumulate) {
+  blocks_range_body<S, A>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
 }
 
 #if FASTMTL_GD_AVX2_CLONE
 template <typename S, typename A>
 FASTMTL_GD_AVX2 void blocks_range_avx2(const S* J, const S* src, const A* leak,
-                                       const GradDropArgs& a, int64_t c0, int64_t c1, S* out,
-                                       bool accumulate) {
-  blocks_range_body<S, A>(J, src, leak, a, c0, c1, out, accumulate);
+                                       const GradDropArgs& a, bool has_leak, int64_t c0,
+                                       int64_t c1, S* out, bool accumulate) {
+  blocks_range_body<S, A>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
 }
 #endif
 
@@ -132,7 +222,11 @@ void graddrop_typed(const at::Tensor& J, const at::Tensor& leak, const at::Tenso
   const at::Tensor leak_c = leak.contiguous();
   const at::Tensor seed_c = seed.contiguous();
   std::vector<A> k(J.size(0));
-  for (int64_t t = 0; t < J.size(0); ++t) k[t] = static_cast<A>(leak_c.data_ptr<double>()[t]);
+  bool has_leak = false;
+  for (int64_t t = 0; t < J.size(0); ++t) {
+    k[t] = static_cast<A>(leak_c.data_ptr<double>()[t]);
+    has_leak |= k[t] != A(0);
+  }
   const int64_t* key = seed_c.data_ptr<int64_t>();
   GradDropArgs a{(int)J.size(0), D, D > 0 ? J.size(1) / D : 0, J.stride(0),
                  purity.has_value() ? purity->stride(0) : J.stride(0),
@@ -147,9 +241,10 @@ void graddrop_typed(const at::Tensor& J, const at::Tensor& leak, const at::Tenso
 #endif
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
 #if FASTMTL_GD_AVX2_CLONE
-    if (avx2) return blocks_range_avx2<S, A>(j, src, k.data(), a, c0, c1, o, accumulate);
+    if (avx2)
+      return blocks_range_avx2<S, A>(j, src, k.data(), a, has_leak, c0, c1, o, accumulate);
 #endif
-    blocks_range<S, A>(j, src, k.data(), a, c0, c1, o, accumulate);
+    blocks_range<S, A>(j, src, k.data(), a, has_leak, c0, c1, o, accumulate);
   });
 }
 
