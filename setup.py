@@ -61,8 +61,10 @@ def _extension():
     sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cpu").glob("*.cpp"))]
     include_dirs = [str(CSRC / "include")]
     # -std=c++20 turns off FMA contraction; the kernels want it. at::parallel_for is an
-    # inline OpenMP region in PyTorch's headers: without -fopenmp it runs serially.
-    cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp"]
+    # inline OpenMP region in PyTorch's headers: without -fopenmp it runs serially. Nothing
+    # here traps on floating-point exceptions, and -fno-trapping-math lets GCC turn the
+    # compare-and-select loops (GradDrop's decision) into vector blends instead of branches.
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp"]
     link_flags = ["-fopenmp"]
     if not _build_cuda():
         return CppExtension("fastmtl._C", sources, include_dirs=include_dirs,

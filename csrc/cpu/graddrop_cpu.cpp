@@ -23,6 +23,7 @@
 #include "fastmtl/philox.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
 #define FASTMTL_GD_AVX2_CLONE 1
 #define FASTMTL_GD_AVX2 __attribute__((target("avx2,fma")))
 #else
@@ -50,7 +51,8 @@ struct GradDropArgs {
 // time in 64-bit vector lanes holding 32-bit words, so the 32x32->64 multiplies vectorise.
 typedef uint64_t v4u64 __attribute__((vector_size(32)));
 
-FASTMTL_GD_INLINE void block_uniforms(const GradDropArgs& a, int64_t d0, int64_t m, float* u) {
+FASTMTL_GD_INLINE void block_uniforms_generic(const GradDropArgs& a, int64_t d0, int64_t m,
+                                              float* u) {
   const v4u64 lo32 = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
   for (int64_t i = 0; i < m; i += 16) {
     const uint64_t b0 = static_cast<uint64_t>((d0 + i) >> 2);
@@ -79,12 +81,84 @@ FASTMTL_GD_INLINE void block_uniforms(const GradDropArgs& a, int64_t d0, int64_t
   }
 }
 
-// Sign-purity decision of one column from its positive and negative parts.
+#if FASTMTL_GD_AVX2_CLONE
+// philox_to_unit on eight words
+FASTMTL_GD_AVX2 FASTMTL_GD_INLINE __m256 to_unit_avx2(__m256i x) {
+  const __m256 f = _mm256_cvtepi32_ps(_mm256_srli_epi32(x, 9));
+  return _mm256_mul_ps(_mm256_add_ps(f, _mm256_set1_ps(0.5f)),
+                       _mm256_set1_ps(1.1920928955078125e-07f));
+}
+
+// The same draws with AVX2 intrinsics: GCC's generic vectors multiply 64-bit lanes in full
+// (three vpmuludq each), while the words are 32-bit, so one vpmuludq is exact. The 4x4
+// transpose and the conversion to (0, 1) are done in registers too. Not inlined: a function
+// without the AVX2 target sits between it and the AVX2 clone (one call per block).
+FASTMTL_GD_AVX2 __attribute__((noinline)) void block_uniforms_avx2(const GradDropArgs& a, int64_t d0,
+                                                           int64_t m, float* u) {
+  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
+  const __m256i lo32 = _mm256_set1_epi64x(0xffffffffu);
+  for (int64_t i = 0; i < m; i += 16) {
+    const int64_t b0 = (d0 + i) >> 2;
+    const __m256i block = _mm256_setr_epi64x(b0, b0 + 1, b0 + 2, b0 + 3);
+    __m256i c0 = _mm256_and_si256(block, lo32), c1 = _mm256_srli_epi64(block, 32);
+    __m256i c2 = _mm256_set1_epi64x(a.stream), c3 = _mm256_setzero_si256();
+    uint32_t k0 = a.k0, k1 = a.k1;
+    for (int round = 0; round < 10; ++round) {
+      const __m256i p0 = _mm256_mul_epu32(c0, m0), p1 = _mm256_mul_epu32(c2, m1);
+      const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1),
+                                          _mm256_set1_epi64x(k0));
+      const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3),
+                                          _mm256_set1_epi64x(k1));
+      c1 = _mm256_and_si256(p1, lo32);
+      c3 = _mm256_and_si256(p0, lo32);
+      c0 = n0;
+      c2 = n2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    // lane l holds counter b0 + l; lay its words w0..w3 out contiguously, counters in order
+    const __m256i w01 = _mm256_or_si256(c0, _mm256_slli_epi64(c1, 32));
+    const __m256i w23 = _mm256_or_si256(c2, _mm256_slli_epi64(c3, 32));
+    const __m256i even = _mm256_unpacklo_epi64(w01, w23), odd = _mm256_unpackhi_epi64(w01, w23);
+    const __m256i first = _mm256_permute2x128_si256(even, odd, 0x20);
+    const __m256i second = _mm256_permute2x128_si256(even, odd, 0x31);
+    if (i + 16 <= m) {
+      _mm256_storeu_ps(u + i, to_unit_avx2(first));
+      _mm256_storeu_ps(u + i + 8, to_unit_avx2(second));
+    } else {
+      alignas(32) float tail[16];
+      _mm256_store_ps(tail, to_unit_avx2(first));
+      _mm256_store_ps(tail + 8, to_unit_avx2(second));
+      for (int64_t j = i; j < m; ++j) u[j] = tail[j - i];
+    }
+  }
+}
+#endif
+
+template <bool kAvx2>
+FASTMTL_GD_INLINE void block_uniforms(const GradDropArgs& a, int64_t d0, int64_t m, float* u) {
+#if FASTMTL_GD_AVX2_CLONE
+  if constexpr (kAvx2) return block_uniforms_avx2(a, d0, m, u);
+#endif
+  block_uniforms_generic(a, d0, m, u);
+}
+
+// Sign purity P of one column from its positive and negative parts. The divisor is made
+// safe before dividing so that the select needs no speculated division and vectorises.
 template <typename A>
-FASTMTL_GD_INLINE int8_t keep_sign(A pos, A neg, float u) {
+FASTMTL_GD_INLINE A purity_of(A pos, A neg) {
   const A s = pos + neg, z = pos - neg;
-  const A P = z > A(0) ? A(0.5) * (A(1) + s / z) : A(0.5);
-  return static_cast<int8_t>((P > static_cast<A>(u)) - (P < static_cast<A>(u)));
+  const bool any = z > A(0);
+  const A r = s / (any ? z : A(1));
+  return any ? A(0.5) * (A(1) + r) : A(0.5);
+}
+
+// The kept sign (+1, -1, or 0 on a tie or a NaN purity) as a number of the accumulator
+// type, so the loops that use it stay in one vector width with no branches.
+template <typename A>
+FASTMTL_GD_INLINE A keep_sign(A pos, A neg, float u) {
+  const A P = purity_of<A>(pos, neg), uu = static_cast<A>(u);
+  return P > uu ? A(1) : (P < uu ? A(-1) : A(0));
 }
 
 template <typename S, typename A>
@@ -92,10 +166,40 @@ FASTMTL_GD_INLINE void store(S* o, int64_t i, A v, bool accumulate) {
   o[i] = static_cast<S>(accumulate ? static_cast<A>(o[i]) + v : v);
 }
 
+// Adds R consecutive rows of J (the tasks t..t+R-1) into the block's running sums, in task
+// order; R rows per sweep keep the sums in registers for R additions instead of one.
+template <typename S, typename A, bool kLeak, int R>
+FASTMTL_GD_INLINE void add_rows(const S* __restrict__ row, int64_t ld, const A* __restrict__ leak,
+                                int64_t m, A* __restrict__ pos, A* __restrict__ neg,
+                                A* __restrict__ ks, A* __restrict__ wpos,
+                                A* __restrict__ wneg) {
+  for (int64_t i = 0; i < m; ++i) {
+    A p = pos[i], n = neg[i], kx = A(0), wp = A(0), wn = A(0);
+    if constexpr (kLeak) kx = ks[i], wp = wpos[i], wn = wneg[i];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const A x = static_cast<A>(row[r * ld + i]);
+      // NaN goes into both parts (so into P and the result)
+      const A xp = x < A(0) ? A(0) : x, xn = x > A(0) ? A(0) : x;
+      p += xp;
+      n += xn;
+      if constexpr (kLeak) {
+        const A k = leak[r];
+        kx += k * x;
+        wp += (A(1) - k) * xp;
+        wn += (A(1) - k) * xn;
+      }
+    }
+    pos[i] = p;
+    neg[i] = n;
+    if constexpr (kLeak) ks[i] = kx, wpos[i] = wp, wneg[i] = wn;
+  }
+}
+
 // Purity from J itself (B = 1): one pass. With x_t = J[t, d], the kept sum is the positive
 // or the negative part, so d = sum_t k_t x_t + sum_t (1 - k_t) x_t^{+/-}: every sum is
 // formed before the decision and J is read once, with no second loop over the tasks.
-template <typename S, typename A, bool kLeak>
+template <typename S, typename A, bool kLeak, bool kAvx2>
 FASTMTL_GD_INLINE void block_direct(const S* __restrict__ J, const A* __restrict__ leak,
                                     const GradDropArgs& a, int64_t d0, int64_t m,
                                     A* __restrict__ pos, A* __restrict__ neg,
@@ -106,33 +210,22 @@ FASTMTL_GD_INLINE void block_direct(const S* __restrict__ J, const A* __restrict
     pos[i] = neg[i] = A(0);
     if constexpr (kLeak) ks[i] = wpos[i] = wneg[i] = A(0);
   }
-  for (int t = 0; t < a.T; ++t) {
-    const S* row = J + t * a.ldj + d0;
-    const A k = leak[t], keep_w = A(1) - k;
-    for (int64_t i = 0; i < m; ++i) {
-      const A x = static_cast<A>(row[i]);
-      // NaN goes into both parts (so into P and the result)
-      const A xp = x < A(0) ? A(0) : x, xn = x > A(0) ? A(0) : x;
-      pos[i] += xp;
-      neg[i] += xn;
-      if constexpr (kLeak) {
-        ks[i] += k * x;
-        wpos[i] += keep_w * xp;
-        wneg[i] += keep_w * xn;
-      }
-    }
-  }
-  block_uniforms(a, d0, m, u);
+  int t = 0;
+  for (; t + 4 <= a.T; t += 4)
+    add_rows<S, A, kLeak, 4>(J + t * a.ldj + d0, a.ldj, leak + t, m, pos, neg, ks, wpos, wneg);
+  for (; t < a.T; ++t)
+    add_rows<S, A, kLeak, 1>(J + t * a.ldj + d0, a.ldj, leak + t, m, pos, neg, ks, wpos, wneg);
+  block_uniforms<kAvx2>(a, d0, m, u);
   S* o = out + d0;
   for (int64_t i = 0; i < m; ++i) {
-    const int8_t keep = keep_sign<A>(pos[i], neg[i], u[i]);
+    const A P = purity_of<A>(pos[i], neg[i]), uu = static_cast<A>(u[i]);
     // A tie keeps nothing: 0, or NaN where the column held NaN/Inf (P is NaN there).
     const A none = (pos[i] + neg[i]) * A(0);
     A v;
     if constexpr (kLeak) {
-      v = ks[i] + (keep > 0 ? wpos[i] : (keep < 0 ? wneg[i] : none));
+      v = ks[i] + (P > uu ? wpos[i] : (P < uu ? wneg[i] : none));
     } else {
-      v = keep > 0 ? pos[i] : (keep < 0 ? neg[i] : none);
+      v = P > uu ? pos[i] : (P < uu ? neg[i] : none);
     }
     store<S, A>(o, i, v, accumulate);
   }
@@ -140,11 +233,12 @@ FASTMTL_GD_INLINE void block_direct(const S* __restrict__ J, const A* __restrict
 
 // Purity from a separate [T, D] source (the batch-separated rule): the decision per column
 // of the source, then the masked sum over the tasks for every batch row of J.
-template <typename S, typename A>
+template <typename S, typename A, bool kAvx2>
 FASTMTL_GD_INLINE void block_purity(const S* J, const S* src, const A* leak,
-                                    const GradDropArgs& a, int64_t d0, int64_t m, A* pos,
-                                    A* neg, A* acc, float* u, int8_t* keep, S* out,
-                                    bool accumulate) {
+                                    const GradDropArgs& a, int64_t d0, int64_t m,
+                                    A* __restrict__ pos, A* __restrict__ neg,
+                                    A* __restrict__ acc, float* __restrict__ u,
+                                    A* __restrict__ keep, S* out, bool accumulate) {
   for (int64_t i = 0; i < m; ++i) pos[i] = neg[i] = A(0);
   for (int t = 0; t < a.T; ++t) {
     const S* row = src + t * a.lds + d0;
@@ -154,19 +248,18 @@ FASTMTL_GD_INLINE void block_purity(const S* J, const S* src, const A* leak,
       neg[i] += x > A(0) ? A(0) : x;
     }
   }
-  block_uniforms(a, d0, m, u);
+  block_uniforms<kAvx2>(a, d0, m, u);
   for (int64_t i = 0; i < m; ++i) keep[i] = keep_sign<A>(pos[i], neg[i], u[i]);
   for (int64_t b = 0; b < a.batch; ++b) {
     const int64_t n0 = b * a.D + d0;
     for (int64_t i = 0; i < m; ++i) acc[i] = A(0);
     for (int t = 0; t < a.T; ++t) {
-      const S* jr = J + t * a.ldj + n0;
-      const S* sr = src + t * a.lds + d0;
+      const S* __restrict__ jr = J + t * a.ldj + n0;
+      const S* __restrict__ sr = src + t * a.lds + d0;
       const A k = leak[t];
       for (int64_t i = 0; i < m; ++i) {
-        const A x = static_cast<A>(sr[i]);
-        const int8_t sgn = static_cast<int8_t>((x > A(0)) - (x < A(0)));
-        const A c = (keep[i] != 0 && sgn == keep[i]) ? A(1) : k;
+        // keep * x > 0 exactly when sign(x) is the kept sign (false for a tie, NaN, 0)
+        const A c = keep[i] * static_cast<A>(sr[i]) > A(0) ? A(1) : k;
         acc[i] += static_cast<A>(jr[i]) * c;
       }
     }
@@ -174,7 +267,7 @@ FASTMTL_GD_INLINE void block_purity(const S* J, const S* src, const A* leak,
   }
 }
 
-template <typename S, typename A>
+template <typename S, typename A, bool kAvx2>
 FASTMTL_GD_INLINE void blocks_range_body(const S* J, const S* src, const A* leak,
                                          const GradDropArgs& a, bool has_leak, int64_t c0,
                                          int64_t c1, S* out, bool accumulate) {
@@ -182,17 +275,17 @@ FASTMTL_GD_INLINE void blocks_range_body(const S* J, const S* src, const A* leak
   A *pos = buf.data(), *neg = pos + kBlock, *x3 = neg + kBlock, *x4 = x3 + kBlock,
     *x5 = x4 + kBlock;
   std::vector<float> u(kBlock);
-  std::vector<int8_t> keep(kBlock);
+  std::vector<A> keep(kBlock);
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t d0 = c * kBlock, m = std::min(kBlock, a.D - d0);
     if (src != J) {
-      block_purity<S, A>(J, src, leak, a, d0, m, pos, neg, x3, u.data(), keep.data(), out,
+      block_purity<S, A, kAvx2>(J, src, leak, a, d0, m, pos, neg, x3, u.data(), keep.data(), out,
                          accumulate);
     } else if (has_leak) {
-      block_direct<S, A, true>(J, leak, a, d0, m, pos, neg, x3, x4, x5, u.data(), out,
+      block_direct<S, A, true, kAvx2>(J, leak, a, d0, m, pos, neg, x3, x4, x5, u.data(), out,
                                accumulate);
     } else {
-      block_direct<S, A, false>(J, leak, a, d0, m, pos, neg, x3, x4, x5, u.data(), out,
+      block_direct<S, A, false, kAvx2>(J, leak, a, d0, m, pos, neg, x3, x4, x5, u.data(), out,
                                 accumulate);
     }
   }
@@ -202,7 +295,7 @@ FASTMTL_GD_INLINE void blocks_range_body(const S* J, const S* src, const A* leak
 template <typename S, typename A>
 void blocks_range(const S* J, const S* src, const A* leak, const GradDropArgs& a,
                   bool has_leak, int64_t c0, int64_t c1, S* out, bool accumulate) {
-  blocks_range_body<S, A>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
+  blocks_range_body<S, A, false>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
 }
 
 #if FASTMTL_GD_AVX2_CLONE
@@ -210,7 +303,7 @@ template <typename S, typename A>
 FASTMTL_GD_AVX2 void blocks_range_avx2(const S* J, const S* src, const A* leak,
                                        const GradDropArgs& a, bool has_leak, int64_t c0,
                                        int64_t c1, S* out, bool accumulate) {
-  blocks_range_body<S, A>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
+  blocks_range_body<S, A, true>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
 }
 #endif
 
