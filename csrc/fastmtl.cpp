@@ -39,4 +39,7 @@ TORCH_LIBRARY(fastmtl, m) {
   m.def(
       "graddrop_out(Tensor J, Tensor leak, Tensor seed, Tensor? purity, int stream, "
       "Tensor(a!) out, bool accumulate=False) -> ()");
+  m.def(
+      "gram_combine(Tensor J, str solver, Tensor[] tensors, float[] floats, int[] ints, "
+      "float scale) -> (Tensor, Tensor, Tensor)");
 }

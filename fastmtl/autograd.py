@@ -431,6 +431,20 @@ class _ForkState:
         self.last: BackwardResult | None = None
 
 
+def _fused_combine(state: _ForkState, J: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Gram, solve and combine of a stateless Gramian method in one native op
+    (:func:`fastmtl.ops.gram_combine`); None for the other methods, which take the
+    step-by-step path. The finiteness check reads the returned G."""
+    spec = state.combiner._fused_solve(J.shape[0], J.device, state.generator)
+    if spec is None:
+        return None
+    d, w, G = ops.gram_combine(J, spec)
+    G = G.to(torch.float64)
+    if state.check_finite:
+        check_finite_gram(G)
+    return d, w, G
+
+
 class _Fork(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, n_tasks: int, state: _ForkState):
@@ -445,13 +459,19 @@ class _Fork(torch.autograd.Function):
         ref = next(g for g in grads if g is not None)
         rows = [g if g is not None else torch.zeros_like(ref) for g in grads]
         J = torch.stack(rows).reshape(len(rows), -1)
-        w, G, extras = _solve(state.combiner, [J], None, state.generator, state.check_finite)
-        if w is None:
-            (z,) = ctx.saved_tensors
-            d = state.combiner.feature_direction(J.view(len(rows), *ref.shape), z,
-                                                 extras["seed"])
+        fused = _fused_combine(state, J)
+        if fused is not None:  # stateless Gramian methods: one native op
+            d, w, G = fused
+            d, extras = d.view_as(ref), {"fused": True}
         else:
-            d = ops.combine_rows(w, J).view_as(ref)
+            w, G, extras = _solve(state.combiner, [J], None, state.generator,
+                                  state.check_finite)
+            if w is None:
+                (z,) = ctx.saved_tensors
+                d = state.combiner.feature_direction(J.view(len(rows), *ref.shape), z,
+                                                     extras["seed"])
+            else:
+                d = ops.combine_rows(w, J).view_as(ref)
         state.last = BackwardResult("feature", w, G, extras, "fork")
         if state.on_combine is not None:
             state.on_combine(J.view(len(rows), *ref.shape), state.last)
@@ -469,6 +489,15 @@ def fork(
     ``T`` feature gradients to this node at once, which combines them (Gram matrix, the
     combiner's solve, ``d = w^T J``) and sends the single combined gradient into the
     encoder: the feature-level surrogate with each head's backward run once.
+
+    For the stateless Gramian methods (mean, sum, MGDA without normalisation, PCGrad,
+    CAGrad, IMTL-G, Aligned-MTL, ConFIG, UPGrad, DualProj) the combine is one native op,
+    :func:`fastmtl.ops.gram_combine`, which queues the Gram matrix, the solve and
+    :math:`w^\top J` on the device with no host synchronisation (``result.extras["fused"]``
+    is True; the solvers' convergence flags are not reported on this path). Stateful or
+    element-wise methods (GradVac, Nash-MTL, RGW, GradDrop) take the step-by-step path. With
+    ``check_finite=True`` (the default) the NaN/Inf test on ``G`` is the one host sync; pass
+    ``check_finite=False`` for a sync-free backward.
 
     ``on_combine(feature_grads, result)``, if given, receives the ``[T, *z.shape]`` feature
     gradients and the :class:`BackwardResult` of every combine (for monitoring, at no extra

@@ -30,6 +30,8 @@ __all__ = [
     "cagrad_weights",
     "feature_disentanglement",
     "graddrop",
+    "gram_combine",
+    "FusedSolve",
     "has_native_kernel",
 ]
 
@@ -38,7 +40,7 @@ _OPS = (
     "gram", "combine_rows", "pcgrad_coefficients", "min_norm_weights", "cagrad_weights",
     "symmetric_eigh", "imtlg_weights", "aligned_mtl_weights", "config_weights",
     "gradvac_coefficients", "nash_weights", "dual_cone_weights", "feature_disentanglement",
-    "graddrop",
+    "graddrop", "gram_combine",
 )
 
 
@@ -52,9 +54,10 @@ def _registered_kernels() -> frozenset[tuple[str, str]]:
         except RuntimeError:  # an older build of _C without this op: use the reference
             return False
 
+    # gram_combine is one composite kernel for every device (it dispatches its stages)
     return frozenset(
         (op, device) for op in _OPS for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-        if has(op, key)
+        if has(op, key) or has(op, "CompositeExplicitAutograd")
     )
 
 
@@ -248,6 +251,40 @@ def graddrop(
     return out
 
 
+# A Gramian method's solve as data for gram_combine: the weight op's name (a fastmtl op
+# taking G first; "" for equal weights), its arguments after G in schema order, and the
+# factor applied to the weights (row sums for coefficient matrices).
+FusedSolve = tuple[str, tuple, float]
+
+
+def gram_combine(J: Tensor, solve: FusedSolve) -> tuple[Tensor, Tensor, Tensor]:
+    r"""One combine step of a Gramian method as a single op: ``(d, w, G)`` with
+
+    .. math::  G = J J^\top, \qquad w = s \cdot \mathrm{solver}(G, \ldots)
+               \;(\text{rows summed for a } K \times T \text{ result}),
+               \qquad d = w^\top J .
+
+    ``solve`` is a :data:`FusedSolve` (what ``Combiner._fused_solve`` returns). Natively
+    the three stages are queued by one C++ op on ``J``'s device (CPU or CUDA) with no host
+    synchronisation; without the extension the same stages run in Python on the reference
+    ops. ``G`` is float32 (float64 for float64 ``J``), ``w`` float64.
+    """
+    solver, args, scale = solve
+    native = has_native_kernel("gram_combine", J.device.type) and all(
+        has_native_kernel(op, J.device.type)
+        for op in ("gram", "combine_rows", *((solver,) if solver else ()))
+    )
+    if native:
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        floats = [a for a in args if isinstance(a, float)]
+        ints = [int(a) for a in args if isinstance(a, (bool, int))]
+        if len(tensors) + len(floats) + len(ints) != len(args):
+            raise TypeError(f"gram_combine: arguments of {solver!r} must be tensors, floats, "
+                            f"ints or bools, got {[type(a).__name__ for a in args]}")
+        return torch.ops.fastmtl.gram_combine(J, solver, tensors, floats, ints, float(scale))
+    return reference.gram_combine(J, solve)
+
+
 if native_available():
 
     @torch.library.register_fake("fastmtl::gram")
@@ -304,6 +341,15 @@ if native_available():
     def _nash_fake(G, max_iter, tol):
         batch = G.shape[:-2]
         return G.new_empty(G.shape[:-1]), G.new_empty(batch), G.new_empty(batch, dtype=torch.bool)
+
+    if hasattr(torch.ops.fastmtl, "gram_combine"):
+
+        @torch.library.register_fake("fastmtl::gram_combine")
+        def _gram_combine_fake(J, solver, tensors, floats, ints, scale):
+            torch._check(J.dim() == 2, lambda: "J must be 2-D [T, P]")
+            T, P = J.shape
+            return (J.new_empty((P,)), J.new_empty((T,), dtype=torch.float64),
+                    J.new_empty((T, T), dtype=reference.gram_dtype(J.dtype)))
 
     @torch.library.register_fake("fastmtl::dual_cone_weights")
     def _dual_cone_fake(G, U, norm_eps, reg_eps, max_iter):

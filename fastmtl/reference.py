@@ -22,6 +22,7 @@ __all__ = [
     "feature_disentanglement",
     "graddrop",
     "philox_uniform",
+    "gram_combine",
 ]
 
 
@@ -586,3 +587,17 @@ def graddrop(J: Tensor, leak: Tensor, seed: Tensor, purity: Tensor | None = None
                         torch.ones_like(x), torch.full_like(x, k[t]))
         out = out + J[t].to(acc).view(-1, D) * c
     return out.reshape(N).to(J.dtype)
+
+
+def gram_combine(J: Tensor, solve: tuple[str, tuple, float]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(d, w, G)``: ``G = gram(J)``, ``w = scale * solver(float64 G, *args)`` (rows summed
+    for a ``[K, T]`` result, equal weights for the solver ``""``), ``d = w^T J``."""
+    solver, args, scale = solve
+    G = gram(J)
+    if not solver:
+        w = torch.full((J.shape[0],), float(scale), dtype=torch.float64, device=J.device)
+    else:
+        out = globals()[solver](G.to(torch.float64), *args)
+        w = out[0] if isinstance(out, tuple) else out
+        w = (w.sum(0) if w.dim() == 2 else w) * scale
+    return combine_rows(w, J), w, G

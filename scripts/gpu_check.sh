@@ -25,6 +25,9 @@ step sanitizer_fd compute-sanitizer --tool memcheck --error-exitcode 1 \
   python -m pytest tests/test_metrics.py -q -p no:cacheprovider -k "cuda and fd_op"
 step sanitizer_graddrop compute-sanitizer --tool memcheck --error-exitcode 1 \
   python -m pytest tests/test_graddrop.py -q -p no:cacheprovider -k "cuda or cpu_and_cuda"
+step sanitizer_fused compute-sanitizer --tool memcheck --error-exitcode 1 \
+  python -m pytest tests/test_fused.py -q -p no:cacheprovider -k cuda
+step bench_step python -m fastmtl bench step --device cuda --json "$OUT/bench_step_cuda.json"
 step bench python -m fastmtl bench combine --device cuda --T 2,10,40 --P 1e7,1e8 \
   --repeats 10 --no-peers --json "$OUT/bench_cuda.json"
 step bench_fd python -m fastmtl bench fd --device cuda --json "$OUT/bench_fd_cuda.json"

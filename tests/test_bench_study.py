@@ -148,10 +148,32 @@ def test_bench_step_torchvision_backbone():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: extra threads only spin
     try:
-        t_plain, rows = bench_step(("mean",), batch=2, size=16, width=8, repeats=1,
-                                   backbone="mobilenet", log=lambda *_: None)
+        t_plain, rows, plain_mb = bench_step(("mean",), batch=2, size=16, width=8,
+                                             repeats=1, backbone="mobilenet",
+                                             log=lambda *_: None)
     finally:
         torch.set_num_threads(threads)
     assert t_plain > 0
-    assert set(rows[0].ratios) == {"feature", "fork", "parameter loop", "parameter batched"}
+    cases = {"feature", "fork", "parameter loop", "parameter batched"}
+    assert set(rows[0].ratios) == cases
     assert all(r > 0 for r in rows[0].ratios.values())
+    if plain_mb is not None:  # Linux: every case has a measured peak
+        assert set(rows[0].peak_mb) == cases
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    import torch
+
+    from fastmtl.bench.step import PeakMemory, peak_memory_of
+
+    meter = PeakMemory(torch.device("cpu"))
+    if not meter.available:
+        pytest.skip("no /proc peak-RSS reset on this platform")
+
+    def allocate(n):
+        return lambda: torch.ones(n).sum()  # a temporary of 4 n bytes, freed on return
+
+    small = peak_memory_of(allocate(1_000), torch.device("cpu"), meter)
+    big = peak_memory_of(allocate(16 * 2**20), torch.device("cpu"), meter)  # 64 MiB
+    assert 56 < big < 80
+    assert small < 8

@@ -53,11 +53,76 @@ def dense_heads(cin: int, outs=(13, 1, 3)) -> nn.ModuleList:
     )
 
 
+class PeakMemory:
+    """Peak memory of a call, in MiB above the level before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (exact, tensors only). CPU
+    (Linux): the rise of the process's peak resident set (``VmHWM``) above its resident
+    set before the call, after freed heap memory is handed back (``malloc_trim``) and the
+    peak is reset (``/proc/self/clear_refs``); this counts every allocation, tensors and
+    autograd's saved state alike, to page granularity. None where neither is available.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._libc = None
+        if device.type == "cpu":
+            try:
+                import ctypes
+
+                self._libc = ctypes.CDLL("libc.so.6")
+                with open("/proc/self/clear_refs", "w") as fh:
+                    fh.write("5")
+            except OSError:
+                self._libc = None
+        self.available = device.type == "cuda" or self._libc is not None
+        self._base = 0.0
+
+    @staticmethod
+    def _status_kb(key: str) -> float:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1])
+        raise OSError(f"{key} not in /proc/self/status")
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device) / 2**20
+        elif self._libc is not None:
+            self._libc.malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._base = self._status_kb("VmRSS") / 1024
+
+    def peak_mib(self) -> float | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self._base
+        if self._libc is not None:
+            return self._status_kb("VmHWM") / 1024 - self._base
+        return None
+
+
+def peak_memory_of(fn, device: torch.device, meter: PeakMemory | None = None) -> float | None:
+    """MiB that one call of ``fn`` needs above what was held before it (see PeakMemory)."""
+    meter = meter or PeakMemory(device)
+    if not meter.available:
+        return None
+    fn()  # warm-up: first-call allocations (caches, lazy buffers) do not count
+    meter.reset()
+    fn()
+    return meter.peak_mib()
+
+
 @dataclass
 class StepRow:
     method: str
-    ratios: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)  # step time / plain step time
     peak_mb: dict[str, float] = field(default_factory=dict)
+    memory_ratios: dict[str, float] = field(default_factory=dict)  # peak / plain peak
 
 
 def _losses(heads, z, zs=None):
@@ -102,7 +167,9 @@ def bench_step(methods=("mean", "pcgrad", "mgda", "cagrad"), *, device="cpu", ba
         fa.backward(_losses(heads, enc(x)), shared=enc.parameters(), combiner=method,
                     batched=batched)
 
+    meter = PeakMemory(dev)
     t_plain = time_call(plain, dev, repeats)
+    plain_mb = peak_memory_of(plain, dev, meter)
     rows = []
     for m in methods:
         row = StepRow(m)
@@ -110,22 +177,28 @@ def bench_step(methods=("mean", "pcgrad", "mgda", "cagrad"), *, device="cpu", ba
                  "parameter loop": partial(parameter, m, False),
                  "parameter batched": partial(parameter, m, True)}
         for name, fn in cases.items():
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
             row.ratios[name] = time_call(fn, dev, repeats) / t_plain
-            if dev.type == "cuda":
-                row.peak_mb[name] = torch.cuda.max_memory_allocated(dev) / 2**20
+            mb = peak_memory_of(fn, dev, meter)
+            if mb is not None:
+                row.peak_mb[name] = mb
+                if plain_mb:
+                    row.memory_ratios[name] = mb / plain_mb
         rows.append(row)
         log(f"  {m} done")
-    return t_plain, rows
+    return t_plain, rows, plain_mb
 
 
-def format_step_table(rows: list[StepRow]) -> str:
-    cols = ["feature", "fork", "parameter loop", "parameter batched"]
-    head = f"{'method':<8} " + " ".join(f"{c:>18}" for c in cols)
+STEP_CASES = ("feature", "fork", "parameter loop", "parameter batched")
+
+
+def format_step_table(rows: list[StepRow], memory: bool = False) -> str:
+    """Time ratios to the plain step, or (``memory=True``) peak-memory ratios."""
+    head = f"{'method':<8} " + " ".join(f"{c:>18}" for c in STEP_CASES)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.method:<8} " + " ".join(f"{r.ratios[c]:>18.2f}" for c in cols))
+        cells = [(r.memory_ratios if memory else r.ratios).get(c) for c in STEP_CASES]
+        lines.append(f"{r.method:<8} " + " ".join(
+            f"{v:>18.2f}" if v is not None else f"{'-':>18}" for v in cells))
     return "\n".join(lines)
 
 
@@ -137,11 +210,15 @@ def run(args) -> dict:
     kwargs["backbone"] = backbone
     print(f"fastmtl bench step: device={args.device}, {backbone} encoder, 3 dense heads "
           f"(ratios: step time / plain summed-loss step time)")
-    t_plain, rows = bench_step(device=args.device, **kwargs)
+    t_plain, rows, plain_mb = bench_step(device=args.device, **kwargs)
     print()
     print(format_step_table(rows))
+    if plain_mb:
+        print(f"\npeak memory / plain step's peak memory ({plain_mb:.1f} MiB above the "
+              f"resting level{'' if args.device == 'cuda' else ', resident set'})")
+        print(format_step_table(rows, memory=True))
     result = {"environment": environment(), "config": kwargs, "plain_step_ms": t_plain * 1e3,
-              "steps": [asdict(r) for r in rows]}
+              "plain_peak_mb": plain_mb, "steps": [asdict(r) for r in rows]}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

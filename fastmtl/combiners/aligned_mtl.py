@@ -54,3 +54,7 @@ class AlignedMTL(Combiner):
             G.to(torch.float64), _SCALE_MODES[self.scale_mode], self.rank_eps
         )
         return w, {"rank": rank}
+
+    def _fused_solve(self, T, device, generator):
+        args = (_SCALE_MODES[self.scale_mode], float(self.rank_eps))
+        return "aligned_mtl_weights", args, 1.0

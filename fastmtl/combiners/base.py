@@ -207,6 +207,15 @@ class Combiner(torch.nn.Module):
         assert G is not None
         return self.weights(G, generator=generator, losses=losses), {}
 
+    def _fused_solve(
+        self, T: int, device: torch.device, generator: torch.Generator | None
+    ) -> ops.FusedSolve | None:
+        """This step's solve as data for :func:`fastmtl.ops.gram_combine` (the one-op
+        backward of :func:`fastmtl.fork`): the weight op, its arguments after ``G`` and a
+        scale, drawing from ``generator`` exactly as :meth:`_solve` does. None (the default)
+        where the method keeps state, needs the losses or post-processes in Python."""
+        return None
+
     def forward(
         self, grads: Tensor | Sequence[Tensor], *, out: Tensor | None = None,
         generator: torch.Generator | None = None, losses: Tensor | Sequence[float] | None = None,

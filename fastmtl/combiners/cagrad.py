@@ -50,3 +50,6 @@ class CAGrad(Combiner):
     def _solve(self, G, T, device, generator, losses):
         weights, w_star, converged = ops.cagrad_weights(G.to(torch.float64), self.c, self.rescale)
         return weights, {"w_star": w_star, "converged": converged}
+
+    def _fused_solve(self, T, device, generator):
+        return "cagrad_weights", (self.c, self.rescale, 100, ops.default_max_iter(T)), 1.0

@@ -50,6 +50,15 @@ class _DualConeCombiner(Combiner):
         return ops.dual_cone_weights(G.to(torch.float64), U, norm_eps=self.norm_eps,
                                      reg_eps=self.reg_eps)
 
+    def _preferences(self, T: int, device: torch.device) -> Tensor:
+        """The rows u_k of the projections: UPGrad diag(p), DualProj p."""
+        raise NotImplementedError
+
+    def _fused_solve(self, T, device, generator):
+        # the K x T projections are summed over rows, as _solve does (DualProj: K = 1)
+        args = (self._preferences(T, device), self.norm_eps, self.reg_eps, 4 * T + 20)
+        return "dual_cone_weights", args, 1.0
+
 
 @register("upgrad")
 class UPGrad(_DualConeCombiner):
@@ -76,8 +85,11 @@ class UPGrad(_DualConeCombiner):
     but :math:`d` is.
     """
 
+    def _preferences(self, T, device):
+        return torch.diag(self._preference(T, device))
+
     def _solve(self, G, T, device, generator, losses):
-        W, converged = self._project(G, torch.diag(self._preference(T, device)))
+        W, converged = self._project(G, self._preferences(T, device))
         return W.sum(-2), {"W": W, "converged": converged}
 
 
@@ -91,6 +103,9 @@ class DualProj(_DualConeCombiner):
     to 1e-8). ``extras["converged"]`` is the solver flag.
     """
 
+    def _preferences(self, T, device):
+        return self._preference(T, device)[None]
+
     def _solve(self, G, T, device, generator, losses):
-        W, converged = self._project(G, self._preference(T, device)[None])
+        W, converged = self._project(G, self._preferences(T, device))
         return W[0], {"converged": converged}

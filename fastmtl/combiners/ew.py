@@ -24,6 +24,9 @@ class _Equal(Combiner):
     def _solve(self, G, T, device, generator, losses):
         return self._equal(T, device), {}
 
+    def _fused_solve(self, T, device, generator):
+        return "", (), 1.0 / T if self._scale_by_T else 1.0
+
 
 @register("mean", "ew")
 class Mean(_Equal):

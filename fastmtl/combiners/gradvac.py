@@ -60,6 +60,9 @@ class GradVac(PCGrad):
             self.rho = torch.empty_like(state_dict[key], dtype=torch.float64)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _fused_solve(self, T, device, generator):
+        return None  # stateful (the EMA targets): not PCGrad's one-op path
+
     def coefficients(self, G: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``C`` with ``pc = C @ J``; advances the EMA targets by one step."""
         T = G.shape[-1]

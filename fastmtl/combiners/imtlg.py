@@ -33,3 +33,6 @@ class IMTLG(Combiner):
     def _solve(self, G, T, device, generator, losses):
         w, defined = ops.imtlg_weights(G.to(torch.float64))
         return w, {"defined": defined}
+
+    def _fused_solve(self, T, device, generator):
+        return "imtlg_weights", (), 1.0

@@ -75,6 +75,11 @@ class MGDA(Combiner):
         w = w_simplex / n if n is not None and self.weights_on == "normalized" else w_simplex
         return w, {"converged": converged, "simplex_weights": w_simplex}
 
+    def _fused_solve(self, T, device, generator):
+        if self.normalization != "none":  # the normalisers are applied in Python
+            return None
+        return "min_norm_weights", (ops.default_max_iter(T), 1e-14), 1.0
+
     def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
         loss_vec = None if losses is None else torch.as_tensor(losses, dtype=torch.float64)
         return self._solve(G, G.shape[-1], G.device, generator, loss_vec)[0]

@@ -101,6 +101,12 @@ class PCGrad(Combiner):
             eps_on_norm=eps_on_norm,
         )
 
+    def _fused_solve(self, T, device, generator):
+        include_self, eps, eps_on_norm = _VARIANTS[self.variant]
+        order = self.visiting_orders(T, device, generator)
+        args = (order, bool(include_self), float(eps), bool(eps_on_norm))
+        return "pcgrad_coefficients", args, 1.0 / T if self.reduction == "mean" else 1.0
+
     def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
         w = self.coefficients(G, generator=generator).sum(dim=-2)
         return w / G.shape[-1] if self.reduction == "mean" else w
