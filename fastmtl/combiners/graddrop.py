@@ -10,7 +10,15 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .base import Combiner, CombineResult, _check_out, _skip_data_checks, as_matrix, register
+from .base import (
+    Combiner,
+    CombineResult,
+    _check_out,
+    _skip_data_checks,
+    all_finite,
+    as_matrix,
+    register,
+)
 
 __all__ = ["GradDrop"]
 
@@ -149,6 +157,6 @@ def check_finite_direction(*directions: Tensor) -> None:
     """NaN/Inf in any task gradient reaches GradDrop's direction (c_t > 0 or 0 * Inf)."""
     if _skip_data_checks():
         return
-    finite = torch.stack([torch.isfinite(d).all() for d in directions]).all()
+    finite = torch.stack([all_finite(d) for d in directions]).all()
     if not bool(finite):
         raise ValueError("grads contain NaN or Inf; every combiner needs finite gradients")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..combiners.base import _check_dtype, _skip_data_checks
+from ..combiners.base import _check_dtype, _skip_data_checks, all_finite
 from ..reference import FD_REDUCE_CODES
 
 __all__ = ["feature_disentanglement", "fd_saliency"]
@@ -137,7 +137,7 @@ def feature_disentanglement(
     g = _stack_tasks(feature_grads, "feature_grads")
     flat = fd_saliency(g, channel_dim)
     out = ops.feature_disentanglement(flat, float(temperature), FD_REDUCE_CODES[reduce])
-    if check_finite and not _skip_data_checks() and not bool(torch.isfinite(out).all()):
+    if check_finite and not _skip_data_checks() and not bool(all_finite(out)):
         raise ValueError("feature_grads contain NaN or Inf")
     if reduce == "none":
         shape = list(g.shape[1:])
