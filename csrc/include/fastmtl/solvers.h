@@ -585,14 +585,27 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
         e[i] = scale * g;
         h -= f * g;
         FASTMTL_A(i, l) = f - g;
+        // e = B x / h, with B the symmetric leading block (its lower triangle is stored)
+        // and x = row i; by rows, so that every access is contiguous and vectorises
+        const double* x = &FASTMTL_A(i, 0);
+        for (int j = 0; j <= l; ++j) {
+          FASTMTL_A(j, i) = x[j] / h;
+          e[j] = 0.0;
+        }
+        for (int j = 0; j <= l; ++j) {
+          const double* row = &FASTMTL_A(j, 0);
+          const double xj = x[j];
+          double dot_j = 0.0;
+          for (int k = 0; k < j; ++k) {
+            dot_j += row[k] * x[k];
+            e[k] += row[k] * xj;
+          }
+          e[j] += dot_j + row[j] * xj;
+        }
         f = 0.0;
         for (int j = 0; j <= l; ++j) {
-          FASTMTL_A(j, i) = FASTMTL_A(i, j) / h;
-          g = 0.0;
-          for (int k = 0; k <= j; ++k) g += FASTMTL_A(j, k) * FASTMTL_A(i, k);
-          for (int k = j + 1; k <= l; ++k) g += FASTMTL_A(k, j) * FASTMTL_A(i, k);
-          e[j] = g / h;
-          f += e[j] * FASTMTL_A(i, j);
+          e[j] /= h;
+          f += e[j] * x[j];
         }
         const double hh = f / (h + h);
         for (int j = 0; j <= l; ++j) {
@@ -610,10 +623,19 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
   e[0] = 0.0;
   for (int i = 0; i < T; ++i) {  // accumulate the transformations: Q in a
     if (d[i] != 0.0) {
-      for (int j = 0; j < i; ++j) {
-        double g = 0.0;
-        for (int k = 0; k < i; ++k) g += FASTMTL_A(i, k) * FASTMTL_A(k, j);
-        for (int k = 0; k < i; ++k) FASTMTL_A(k, j) -= g * FASTMTL_A(k, i);
+      // g = row i times the leading i x i block, then that block -= column i times g;
+      // row by row (contiguous), the same sums as column by column. A is free scratch here.
+      double* g = A;
+      for (int j = 0; j < i; ++j) g[j] = 0.0;
+      for (int k = 0; k < i; ++k) {
+        const double aik = FASTMTL_A(i, k);
+        const double* row = &FASTMTL_A(k, 0);
+        for (int j = 0; j < i; ++j) g[j] += aik * row[j];
+      }
+      for (int k = 0; k < i; ++k) {
+        const double aki = FASTMTL_A(k, i);
+        double* row = &FASTMTL_A(k, 0);
+        for (int j = 0; j < i; ++j) row[j] -= g[j] * aki;
       }
     }
     d[i] = FASTMTL_A(i, i);
