@@ -213,8 +213,9 @@ FASTMTL_DEFINE_BLOCK_KERNELS(double)
 template <typename S>
 using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
-// Asks for the next block of every row while this one is being reduced: the T rows
-// are T interleaved streams, more than the hardware prefetchers follow well.
+// Asks for the next block of every row while this one is being reduced: many rows are
+// many interleaved streams, more than the hardware prefetchers follow well.
+constexpr int kPrefetchRows = 16;
 template <typename S>
 inline void prefetch_next(const S* base, int64_t ld, int T, int64_t col, int64_t n) {
   for (int t = 0; t < T; ++t) {
@@ -246,7 +247,10 @@ void for_column_chunks(int64_t P, int64_t width, int64_t chunks, const F& body) 
 template <typename S, typename A>
 inline void stage_rows(const S* base, int64_t ld, int T, int64_t c, int64_t n, int64_t width,
                        int64_t end, const A** rows, A* scratch) {
-  prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
+  // Up to about a dozen rows the hardware prefetchers keep up and a burst of software
+  // prefetches only stalls (measured here: combine_rows 1.0x instead of 1.25x one J.sum()
+  // at T = 10, gram 0.8-1.0x instead of 1.5x at T = 2); with more rows they help.
+  if (T > kPrefetchRows) prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
   for (int t = 0; t < T; ++t) {
     const S* src = base + t * ld + c;
     if constexpr (std::is_same_v<S, A>) {
