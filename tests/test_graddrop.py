@@ -82,6 +82,18 @@ def test_op_with_purity_source_strides_and_out(dtype, device):
 
 
 @needs_native
+def test_purity_view_of_J_itself_is_a_purity_source(device):
+    # the first sample's columns as the purity source: a view starting at J's own data
+    T, B, D = 3, 4, 777
+    J = torch.randn(T, B * D, device=device, dtype=torch.float64)
+    leak = torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64, device=device)
+    seed = _seed(device, 11)
+    S = J[:, :D]
+    want = reference.graddrop(J, leak, seed, S.clone(), 1)
+    torch.testing.assert_close(torch.ops.fastmtl.graddrop(J, leak, seed, S, 1), want)
+
+
+@needs_native
 def test_opcheck():
     J = torch.randn(3, 257, dtype=torch.float64)
     leak = torch.zeros(3, dtype=torch.float64)

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../fd_common.h"
+#include "cpu_features.h"
 
 // The vector helpers are always inlined, so the ABI note about 256-bit returns is moot.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -247,14 +248,7 @@ FASTMTL_FD_INLINE void sums_range(const S* const* rows, int T, int64_t k0, int64
 }
 
 // Baseline and AVX2+FMA builds of the float-lane loops, picked at run time.
-bool fd_cpu_has_avx2_fma() {
-#if FASTMTL_FD_AVX2_CLONE
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
+bool fd_cpu_has_avx2_fma() { return FASTMTL_FD_AVX2_CLONE && cpu_avx2_fma_enabled(); }
 
 #define FASTMTL_FD_KERNELS(S)                                                                 \
   void fd_map_base(const S* const* r, int T, int64_t k0, int64_t k1, float it, float il,     \

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../graddrop_common.h"
+#include "cpu_features.h"
 #include "fastmtl/philox.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -45,6 +46,8 @@ struct GradDropArgs {
   int64_t D, batch;        // N = batch * D
   int64_t ldj, lds;        // row strides of J and of the purity source
   uint32_t k0, k1, stream;  // Philox key and stream
+  bool has_purity;          // a separate [T, D] source (decided by the argument, not by
+                            // pointers: a purity view may start at J's own data)
 };
 
 // Philox uniforms of columns [d0, d0 + m) (d0 a multiple of 4): four block counters at a
@@ -219,7 +222,8 @@ FASTMTL_GD_INLINE void block_direct(const S* __restrict__ J, const A* __restrict
   S* o = out + d0;
   for (int64_t i = 0; i < m; ++i) {
     const A P = purity_of<A>(pos[i], neg[i]), uu = static_cast<A>(u[i]);
-    // A tie keeps nothing: 0, or NaN where the column held NaN/Inf (P is NaN there).
+    // A tie keeps nothing: 0, or NaN where the column held Inf (P = Inf/Inf is NaN). A
+    // NaN column has P = 1/2, and both of its parts are NaN, so the result is NaN anyway.
     const A none = (pos[i] + neg[i]) * A(0);
     A v;
     if constexpr (kLeak) {
@@ -278,7 +282,7 @@ FASTMTL_GD_INLINE void blocks_range_body(const S* J, const S* src, const A* leak
   std::vector<A> keep(kBlock);
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t d0 = c * kBlock, m = std::min(kBlock, a.D - d0);
-    if (src != J) {
+    if (a.has_purity) {
       block_purity<S, A, kAvx2>(J, src, leak, a, d0, m, pos, neg, x3, u.data(), keep.data(), out,
                          accumulate);
     } else if (has_leak) {
@@ -324,13 +328,13 @@ void graddrop_typed(const at::Tensor& J, const at::Tensor& leak, const at::Tenso
   GradDropArgs a{(int)J.size(0), D, D > 0 ? J.size(1) / D : 0, J.stride(0),
                  purity.has_value() ? purity->stride(0) : J.stride(0),
                  static_cast<uint32_t>(key[0]), static_cast<uint32_t>(key[1]),
-                 static_cast<uint32_t>(stream)};
+                 static_cast<uint32_t>(stream), purity.has_value()};
   const S* j = J.data_ptr<S>();
   const S* src = purity.has_value() ? purity->data_ptr<S>() : j;
   S* o = out.data_ptr<S>();
   const int64_t chunks = (D + kBlock - 1) / kBlock;
 #if FASTMTL_GD_AVX2_CLONE
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx2 = cpu_avx2_fma_enabled();
 #endif
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
 #if FASTMTL_GD_AVX2_CLONE

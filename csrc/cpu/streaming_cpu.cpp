@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../ops_common.h"
+#include "cpu_features.h"
 
 // The hot loops are compiled twice, for the baseline ISA and for AVX2+FMA, and the
 // second is picked at run time where the CPU has it. (target_clones with arch=
@@ -175,14 +176,7 @@ FASTMTL_INLINE void combine_block_impl(const A* w, const A* const* rows, int T, 
   }
 }
 
-bool cpu_has_avx2_fma() {
-#if FASTMTL_HAS_AVX2_CLONE
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
+bool cpu_has_avx2_fma() { return FASTMTL_HAS_AVX2_CLONE && cpu_avx2_fma_enabled(); }
 
 // Baseline and AVX2 entry points for one accumulator type A.
 #define FASTMTL_DEFINE_BLOCK_KERNELS(A)                                                    \
@@ -243,13 +237,13 @@ void for_column_chunks(int64_t P, int64_t width, int64_t chunks, const F& body) 
 }
 
 // Points rows[t] at columns [c, c + n) of row t, converted into scratch (T x width) for
-// 16-bit inputs, and asks for the next block of every row.
+// 16-bit inputs, and (for many rows) asks for the next block of every row.
 template <typename S, typename A>
 inline void stage_rows(const S* base, int64_t ld, int T, int64_t c, int64_t n, int64_t width,
                        int64_t end, const A** rows, A* scratch) {
-  // Up to about a dozen rows the hardware prefetchers keep up and a burst of software
-  // prefetches only stalls (measured here: combine_rows 1.0x instead of 1.25x one J.sum()
-  // at T = 10, gram 0.8-1.0x instead of 1.5x at T = 2); with more rows they help.
+  // With few rows the hardware prefetchers keep up and a burst of software prefetches only
+  // stalls (measured here: combine_rows 1.0x instead of 1.25x one J.sum() at T = 10, gram
+  // 0.8-1.0x instead of 1.5x at T = 2); at T = 40 they help. T = 11-16 is not measured.
   if (T > kPrefetchRows) prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
   for (int t = 0; t < T; ++t) {
     const S* src = base + t * ld + c;
