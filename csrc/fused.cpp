@@ -63,13 +63,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_combine(
   const int64_t T = J.size(0);
   at::Tensor w;
   if (solver.empty()) {  // equal weights
+    TORCH_CHECK(tensors.empty() && floats.empty() && ints.empty(),
+                "gram_combine: no arguments for equal weights (solver \"\")");
     w = at::full({T}, scale, G.options().dtype(at::kDouble));
   } else {
     const c10::OperatorHandle op = fastmtl_op(std::string(solver));
     torch::jit::Stack stack =
         solver_stack(op, G.to(at::kDouble), tensors.vec(), floats, ints);
     op.callBoxed(&stack);
-    w = stack.at(0).toTensor();
+    TORCH_CHECK(!stack.empty() && stack[0].isTensor(), "gram_combine: ",
+                op.schema().name(), " must return the weights (a tensor) first");
+    w = stack[0].toTensor();
     // coefficient matrices (PCGrad's C, the dual-cone projections W): d = 1^T C J
     if (w.dim() == 2) w = w.sum(0);
     TORCH_CHECK(w.dim() == 1 && w.size(0) == T, "gram_combine: ", op.schema().name(),

@@ -431,10 +431,24 @@ class _ForkState:
         self.last: BackwardResult | None = None
 
 
+def _fused_solve_is_current(comb: Combiner) -> bool:
+    """Whether ``comb``'s ``_fused_solve`` describes its own solve: no class between its
+    type and the one defining ``_fused_solve`` overrides the solve (a subclass of MGDA
+    with its own ``weights`` must not inherit MGDA's fused path)."""
+    for klass in type(comb).__mro__:
+        if "_fused_solve" in vars(klass):
+            return klass is not Combiner
+        if any(name in vars(klass) for name in ("_solve", "weights", "coefficients")):
+            return False
+    return False
+
+
 def _fused_combine(state: _ForkState, J: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
     """Gram, solve and combine of a stateless Gramian method in one native op
     (:func:`fastmtl.ops.gram_combine`); None for the other methods, which take the
     step-by-step path. The finiteness check reads the returned G."""
+    if not _fused_solve_is_current(state.combiner):
+        return None
     spec = state.combiner._fused_solve(J.shape[0], J.device, state.generator)
     if spec is None:
         return None

@@ -54,14 +54,31 @@ def _registered_kernels() -> frozenset[tuple[str, str]]:
         except RuntimeError:  # an older build of _C without this op: use the reference
             return False
 
-    # gram_combine is one composite kernel for every device (it dispatches its stages)
+    # gram_combine is one composite kernel that dispatches its stages: native on a device
+    # where the streaming ops are
     return frozenset(
         (op, device) for op in _OPS for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-        if has(op, key) or has(op, "CompositeExplicitAutograd")
+        if has(op, key) or (has(op, "CompositeExplicitAutograd") and has("gram", key))
     )
 
 
 _KERNELS = _registered_kernels()
+
+
+def _solver_params() -> dict[str, list[tuple[str, str]]]:
+    # (name, type) of every op argument after G, read once at import: schema objects are
+    # not traceable by torch.compile, a dict of strings is.
+    if not native_available():
+        return {}
+    params = {}
+    for op in _OPS:
+        packet = getattr(torch.ops.fastmtl, op, None)
+        if packet is not None:
+            params[op] = [(a.name, str(a.type)) for a in packet.default._schema.arguments[1:]]
+    return params
+
+
+_SOLVER_PARAMS = _solver_params()
 
 
 def has_native_kernel(op: str, device_type: str) -> bool:
@@ -275,14 +292,34 @@ def gram_combine(J: Tensor, solve: FusedSolve) -> tuple[Tensor, Tensor, Tensor]:
         for op in ("gram", "combine_rows", *((solver,) if solver else ()))
     )
     if native:
-        tensors = [a for a in args if isinstance(a, Tensor)]
-        floats = [a for a in args if isinstance(a, float)]
-        ints = [int(a) for a in args if isinstance(a, (bool, int))]
-        if len(tensors) + len(floats) + len(ints) != len(args):
-            raise TypeError(f"gram_combine: arguments of {solver!r} must be tensors, floats, "
-                            f"ints or bools, got {[type(a).__name__ for a in args]}")
+        tensors, floats, ints = _solver_argument_lists(solver, args)
         return torch.ops.fastmtl.gram_combine(J, solver, tensors, floats, ints, float(scale))
     return reference.gram_combine(J, solve)
+
+
+def _solver_argument_lists(solver: str, args: tuple) -> tuple[list, list, list]:
+    """``args`` sorted into gram_combine's tensor, float and int lists by the solver op's
+    schema (so an int given for a float argument is converted, not misplaced)."""
+    params = _SOLVER_PARAMS.get(solver, []) if solver else []
+    if solver and solver not in _SOLVER_PARAMS:
+        raise ValueError(f"gram_combine: {solver!r} is not a fastmtl weight op")
+    if len(args) != len(params):
+        raise TypeError(f"gram_combine: {solver or 'equal weights'!r} takes {len(params)} "
+                        f"arguments after G, got {len(args)}")
+    tensors: list[Tensor] = []
+    floats: list[float] = []
+    ints: list[int] = []
+    for (name, kind), value in zip(params, args, strict=True):
+        if kind == "Tensor" and isinstance(value, Tensor):
+            tensors.append(value)
+        elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            floats.append(float(value))
+        elif kind in ("int", "bool") and isinstance(value, (int, bool)):
+            ints.append(int(value))
+        else:
+            raise TypeError(f"gram_combine: argument {name!r} of {solver!r} must be "
+                            f"{kind}, got {type(value).__name__}")
+    return tensors, floats, ints
 
 
 if native_available():

@@ -70,9 +70,7 @@ def test_opcheck(method):
         pytest.skip("native extension not built")
     J = _J("cpu", dtype=torch.float32)
     solver, args, scale = fastmtl.make_combiner(method)._fused_solve(4, J.device, None)
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    floats = [a for a in args if isinstance(a, float)]
-    ints = [int(a) for a in args if isinstance(a, (bool, int))]
+    tensors, floats, ints = ops._solver_argument_lists(solver, args)
     torch.library.opcheck(torch.ops.fastmtl.gram_combine.default,
                           (J, solver, tensors, floats, ints, scale))
 
@@ -104,5 +102,30 @@ def test_bad_arguments_are_reported():
         torch.ops.fastmtl.gram_combine(J, "imtlg_weights", [], [1.0], [], 1.0)
     with pytest.raises(RuntimeError, match="2-D"):
         torch.ops.fastmtl.gram_combine(J[0], "", [], [], [], 1.0)
-    with pytest.raises(TypeError, match="arguments of"):
+    with pytest.raises(RuntimeError, match="arguments for equal weights"):
+        torch.ops.fastmtl.gram_combine(J, "", [], [1.0], [], 1.0)
+    with pytest.raises(TypeError, match="takes 0 arguments"):
         ops.gram_combine(J, ("imtlg_weights", ("x",), 1.0))
+    with pytest.raises(TypeError, match="'rank_eps' of 'aligned_mtl_weights' must be float"):
+        ops.gram_combine(J, ("aligned_mtl_weights", (0, "x"), 1.0))
+
+
+def test_an_int_for_a_float_argument_is_converted():
+    J = _J("cpu")
+    d, w, _ = ops.gram_combine(J, ("cagrad_weights", (1, 1, 100, 300), 1.0))
+    expected = fastmtl.CAGrad(c=1.0).combine(J)
+    torch.testing.assert_close(w, expected.weights, rtol=1e-12, atol=1e-12)
+
+
+def test_a_subclass_with_its_own_solve_does_not_inherit_the_fused_path(device):
+    class EqualMGDA(fastmtl.MGDA):
+        def _solve(self, G, T, device, generator, losses):
+            return torch.full((T,), 0.25, dtype=torch.float64, device=device), {}
+
+    z = torch.randn(4, 6, device=device, requires_grad=True)
+    seen: list = []
+    zs = fastmtl.fork(z, 3, EqualMGDA(), on_combine=lambda J, r: seen.append(r))
+    sum((zs[t] * (t + 1) - t).pow(2).sum() for t in range(3)).backward()
+    assert "fused" not in seen[0].extras
+    torch.testing.assert_close(seen[0].weights, torch.full((3,), 0.25, dtype=torch.float64,
+                                                           device=device))

@@ -73,7 +73,7 @@ class PeakMemory:
                 self._libc = ctypes.CDLL("libc.so.6")
                 with open("/proc/self/clear_refs", "w") as fh:
                     fh.write("5")
-            except OSError:
+            except (OSError, AttributeError):  # no glibc, or no /proc peak reset
                 self._libc = None
         self.available = device.type == "cuda" or self._libc is not None
         self._base = 0.0

@@ -88,6 +88,8 @@ class UPGrad(_DualConeCombiner):
     def _preferences(self, T, device):
         return torch.diag(self._preference(T, device))
 
+    _fused_solve = _DualConeCombiner._fused_solve  # describes this _solve (see fork)
+
     def _solve(self, G, T, device, generator, losses):
         W, converged = self._project(G, self._preferences(T, device))
         return W.sum(-2), {"W": W, "converged": converged}
@@ -105,6 +107,8 @@ class DualProj(_DualConeCombiner):
 
     def _preferences(self, T, device):
         return self._preference(T, device)[None]
+
+    _fused_solve = _DualConeCombiner._fused_solve  # describes this _solve (see fork)
 
     def _solve(self, G, T, device, generator, losses):
         W, converged = self._project(G, self._preferences(T, device))
