@@ -222,8 +222,10 @@ class Combiner(torch.nn.Module):
     ) -> ops.FusedSolve | None:
         """This step's solve as data for :func:`fastmtl.ops.gram_combine` (the one-op
         backward of :func:`fastmtl.fork`): the weight op, its arguments after ``G`` and a
-        scale, drawing from ``generator`` exactly as :meth:`_solve` does. None (the default)
-        where the method keeps state, needs the losses or post-processes in Python."""
+        scale, drawing from ``generator`` exactly as :meth:`_solve` does, for the weights of
+        :meth:`_solve` up to rounding (a scale of 1/T instead of a division by T). None (the
+        default) where the method keeps state, needs the losses or post-processes in Python.
+        On this path the NaN/Inf check reads ``G`` after the solve, not before it."""
         return None
 
     def forward(
