@@ -560,9 +560,11 @@ FASTMTL_HD inline bool jacobi_eigh(const double* G, int T, double* lambda, doubl
 // fast path for larger T. A (T x T scratch) ends holding the eigenvectors transposed (row k
 // = eigenvector k), so the QL rotations update contiguous rows; V gets them as columns.
 // `e` is T doubles of scratch. Returns false if an eigenvalue needed over 60 QL steps.
+// With vectors=false only the eigenvalues are computed (V is scratch, A is not touched):
+// no accumulation of Q and no rotations of eigenvectors, about a third of the work.
 // ---------------------------------------------------------------------------
 FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, double* V,
-                                       double* A, double* e) {
+                                       double* A, double* e, bool vectors = true) {
   double* a = V;  // Householder reduction in place in V (row-major), then Q^T into A
   double* d = lambda;
   for (int64_t k = 0; k < (int64_t)T * T; ++k) a[k] = G[k];
@@ -589,7 +591,7 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
         // and x = row i; by rows, so that every access is contiguous and vectorises
         const double* x = &FASTMTL_A(i, 0);
         for (int j = 0; j <= l; ++j) {
-          FASTMTL_A(j, i) = x[j] / h;
+          if (vectors) FASTMTL_A(j, i) = x[j] / h;  // u / h, for the accumulation of Q
           e[j] = 0.0;
         }
         for (int j = 0; j <= l; ++j) {
@@ -621,7 +623,8 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
   }
   d[0] = 0.0;
   e[0] = 0.0;
-  for (int i = 0; i < T; ++i) {  // accumulate the transformations: Q in a
+  for (int i = 0; i < T && !vectors; ++i) d[i] = FASTMTL_A(i, i);
+  for (int i = 0; i < T && vectors; ++i) {  // accumulate the transformations: Q in a
     if (d[i] != 0.0) {
       // g = row i times the leading i x i block, then that block -= column i times g;
       // row by row (contiguous), the same sums as column by column. A is free scratch here.
@@ -643,7 +646,7 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
     for (int j = 0; j < i; ++j) FASTMTL_A(j, i) = FASTMTL_A(i, j) = 0.0;
   }
 #undef FASTMTL_A
-  for (int i = 0; i < T; ++i)  // Z^T: row k = column k of Q
+  for (int i = 0; i < T && vectors; ++i)  // Z^T: row k = column k of Q
     for (int k = 0; k < T; ++k) A[(int64_t)k * T + i] = a[(int64_t)i * T + k];
   for (int i = 1; i < T; ++i) e[i - 1] = e[i];
   if (T > 0) e[T - 1] = 0.0;
@@ -682,7 +685,7 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
           g = c * r - b;
           double* zi = A + (int64_t)i * T;
           double* zi1 = zi + T;
-          for (int k = 0; k < T; ++k) {  // rotate eigenvector rows i, i + 1
+          for (int k = 0; k < T && vectors; ++k) {  // rotate eigenvector rows i, i + 1
             f = zi1[k];
             zi1[k] = sn * zi[k] + c * f;
             zi[k] = c * zi[k] - sn * f;
@@ -695,7 +698,7 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
       }
     } while (m != l);
   }
-  for (int i = 0; i < T; ++i)
+  for (int i = 0; i < T && vectors; ++i)
     for (int k = 0; k < T; ++k) V[(int64_t)k * T + i] = A[(int64_t)i * T + k];
   return ok;
 }
@@ -725,15 +728,51 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
   return m;
 }
 
-// x = M^+ y for positive semi-definite M, from its eigen-decomposition with eigenvalues
-// above T eps max|lambda| (torch.linalg.pinv's rule). (A Cholesky fast path was tried and
-// dropped: its pivots do not bound lambda_min, so it could keep what the cut-off drops.)
+// x = M^{-1} y by Cholesky (L: T x T scratch, row-major lower factor); false where a pivot
+// is not positive.
+FASTMTL_HD inline bool cholesky_solve(const double* M, int T, const double* y, double* x,
+                                      double* L) {
+  for (int i = 0; i < T; ++i) {
+    double* Li = L + (int64_t)i * T;
+    for (int j = 0; j <= i; ++j) {
+      const double* Lj = L + (int64_t)j * T;
+      const double s = M[(int64_t)i * T + j] - dot(Li, Lj, j);
+      if (j < i) {
+        Li[j] = s / Lj[j];
+      } else {
+        if (!(s > 0.0)) return false;
+        Li[i] = sqrt(s);
+      }
+    }
+  }
+  for (int i = 0; i < T; ++i) {
+    const double* Li = L + (int64_t)i * T;
+    x[i] = (y[i] - dot(Li, x, i)) / Li[i];
+  }
+  for (int q = T - 1; q >= 0; --q) {  // L^T x = z, by rows of L
+    const double* Lq = L + (int64_t)q * T;
+    x[q] /= Lq[q];
+    for (int p = 0; p < q; ++p) x[p] -= Lq[p] * x[q];
+  }
+  return true;
+}
+
+// x = M^+ y for positive semi-definite M, keeping the eigenvalues above T eps max|lambda|
+// (torch.linalg.pinv's rule). The eigenvalues alone decide first: when every one is kept,
+// M^+ = M^{-1} and a Cholesky solve gives x without the eigenvectors (about 2.5x less
+// work); otherwise, or if a pivot fails, x comes from the full eigen-decomposition. (The
+// Cholesky pivots themselves do not bound lambda_min, so they cannot make that decision.)
 FASTMTL_HD inline void psd_pinv_solve(const double* M, int T, const double* y, double* x,
                                       double* work) {
   double* lambda = work;
   double* V = lambda + T;
   double* A = V + (int64_t)T * T;
   double* tmp = A + (int64_t)T * T;
+  if (T > 0 && tridiag_ql_eigh(M, T, lambda, V, A, tmp, /*vectors=*/false)) {
+    double lmin = lambda[0];
+    for (int k = 1; k < T; ++k) lmin = fmin(lmin, lambda[k]);
+    if (lmin > T * kEps64 * max_abs(lambda, T) && cholesky_solve(M, T, y, x, V)) return;
+  }
   symmetric_eigh(M, T, lambda, V, A, tmp);
   eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), y, x, tmp);
 }
