@@ -161,6 +161,22 @@ def test_eigen_weights_match_reference(T, device):
         assert torch.equal(native[1].cpu(), ref[1])
 
 
+@pytest.mark.parametrize("rank", [40, 25])
+def test_pinv_weights_on_both_branches(rank, device):
+    # full rank: the Cholesky branch of the pseudo-inverse solve; rank 25 of 40: some
+    # eigenvalues fall below the cut-off, and the eigen-decomposition branch decides
+    torch.manual_seed(rank)
+    J = torch.randn(rank, 300, dtype=torch.float64)
+    J = torch.cat([J, torch.rand(40 - rank, rank, dtype=torch.float64) @ J])
+    G = (J @ J.T).to(device)
+    lam = torch.linalg.eigvalsh(G.cpu())
+    assert (lam.min() > 40 * 2.2e-16 * lam.abs().max()) == (rank == 40)
+    for native, ref in [(ops.imtlg_weights(G), reference.imtlg_weights(G.cpu())),
+                        (ops.config_weights(G), reference.config_weights(G.cpu()))]:
+        torch.testing.assert_close(native[0].cpu(), ref[0], rtol=1e-7, atol=1e-9)
+        assert torch.equal(native[1].cpu(), ref[1])
+
+
 def test_gradvac_coefficients_match_reference(device):
     G = _random_grams((2,), 5, device, seed=6)
     order = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(7)).argsort(-1)
