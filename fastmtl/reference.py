@@ -578,7 +578,9 @@ def graddrop(J: Tensor, leak: Tensor, seed: Tensor, purity: Tensor | None = None
             wneg = wneg + (1 - k[t]) * x.clamp_max(0)
         if not any(k):
             ks, wpos, wneg = zero, pos, neg
-        none = (pos + neg) * 0  # a tie keeps nothing: 0, or NaN where the column held NaN/Inf
+        # a tie keeps nothing: 0, or NaN where the column held Inf (P = Inf/Inf); a NaN
+        # column has P = 1/2 and NaN parts, so its result is NaN either way
+        none = (pos + neg) * 0
         kept = torch.where(keep > 0, wpos, torch.where(keep < 0, wneg, none))
         return (ks + kept).to(J.dtype)
     out = torch.zeros(N // D, D, dtype=acc, device=J.device)

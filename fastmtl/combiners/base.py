@@ -172,7 +172,7 @@ def all_finite(x: Tensor) -> Tensor:
 
 def check_finite_gram(G: Tensor) -> None:
     """Raises ValueError if the gradients held NaN/Inf (they reach G's diagonal)."""
-    if not _skip_data_checks() and not bool(torch.isfinite(G).all()):
+    if not _skip_data_checks() and not bool(all_finite(G)):
         raise ValueError(
             "grads contain NaN or Inf (or are so large that their Gram matrix overflows "
             "float32); every combiner needs finite gradients"

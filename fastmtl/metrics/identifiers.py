@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..combiners.base import _check_dtype, _skip_data_checks, as_matrix
+from ..combiners.base import _check_dtype, _skip_data_checks, all_finite, as_matrix
 
 __all__ = ["gradient_conflict", "magnitude_similarity", "GradientConflict",
            "MagnitudeSimilarity", "gram_of"]
@@ -47,7 +47,7 @@ def gram_of(J_or_G: Tensor | Sequence[Tensor], gram: bool | None, check_finite: 
         G = ops.gram(J).to(torch.float64)
     if G.shape[0] < 2:
         raise ValueError(f"J_or_G must hold T >= 2 tasks, got T = {G.shape[0]}")
-    if check_finite and not _skip_data_checks() and not bool(torch.isfinite(G).all()):
+    if check_finite and not _skip_data_checks() and not bool(all_finite(G)):
         # NaN/Inf in J reach G's diagonal.
         raise ValueError("J_or_G contains NaN or Inf (or its Gram matrix overflows)")
     return G
