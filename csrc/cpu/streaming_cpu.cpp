@@ -64,16 +64,24 @@ FASTMTL_INLINE A hsum(vec_t<A> v) {
 // Register tile of the Gram matrix: rows a[0..RI) against rows b[0..RJ) over n
 // columns (a multiple of the vector width), into RI*RJ vector accumulators. Each
 // step loads RI + RJ vectors for RI * RJ multiply-adds; 3 x 4 fills the 16 AVX
-// registers without spilling.
-constexpr int kTileI = 3, kTileJ = 4;
+// registers without spilling. With NPF > 0, each cache line of the step also asks
+// for the same line of NPF rows pf[] (of the next block), over pf_n columns: spread
+// over the arithmetic, the requests keep memory busy without a burst that stalls.
+constexpr int kTileI = 3, kTileJ = 4, kTilePrefetch = 4;
 
-template <typename A, int RI, int RJ>
-FASTMTL_INLINE void gram_tile(const A* const* a, const A* const* b, int64_t n, A* acc) {
+template <typename A, int RI, int RJ, int NPF>
+FASTMTL_INLINE void gram_tile(const A* const* a, const A* const* b, int64_t n, A* acc,
+                              const A* const* pf, int64_t pf_n) {
   constexpr int W = kWidth<A>;
+  constexpr int64_t kLine = 64 / sizeof(A);
   vec_t<A> s[RI][RJ];
   for (int r = 0; r < RI; ++r)
     for (int q = 0; q < RJ; ++q) s[r][q] = load(acc + (r * RJ + q) * W);
   for (int64_t k = 0; k < n; k += W) {
+    if constexpr (NPF > 0) {
+      if ((k & (kLine - 1)) == 0 && k < pf_n)
+        for (int p = 0; p < NPF; ++p) __builtin_prefetch(pf[p] + k, 0, 2);
+    }
     vec_t<A> x[RI];
     for (int r = 0; r < RI; ++r) x[r] = load(a[r] + k);
     for (int q = 0; q < RJ; ++q) {
@@ -85,45 +93,65 @@ FASTMTL_INLINE void gram_tile(const A* const* a, const A* const* b, int64_t n, A
     for (int q = 0; q < RJ; ++q) __builtin_memcpy(acc + (r * RJ + q) * W, &s[r][q], sizeof(s[r][q]));
 }
 
+template <typename A, int RI, int RJ>
+FASTMTL_INLINE void gram_tile_pf(int npf, const A* const* a, const A* const* b, int64_t n,
+                                 A* acc, const A* const* pf, int64_t pf_n) {
+  switch (npf) {
+    case 0: return gram_tile<A, RI, RJ, 0>(a, b, n, acc, pf, pf_n);
+    case 1: return gram_tile<A, RI, RJ, 1>(a, b, n, acc, pf, pf_n);
+    case 2: return gram_tile<A, RI, RJ, 2>(a, b, n, acc, pf, pf_n);
+    case 3: return gram_tile<A, RI, RJ, 3>(a, b, n, acc, pf, pf_n);
+    default: return gram_tile<A, RI, RJ, 4>(a, b, n, acc, pf, pf_n);
+  }
+}
+
 template <typename A, int RI>
-FASTMTL_INLINE void gram_tile_rj(int rj, const A* const* a, const A* const* b, int64_t n,
-                                 A* acc) {
+FASTMTL_INLINE void gram_tile_rj(int rj, int npf, const A* const* a, const A* const* b,
+                                 int64_t n, A* acc, const A* const* pf, int64_t pf_n) {
   switch (rj) {
-    case 1: return gram_tile<A, RI, 1>(a, b, n, acc);
-    case 2: return gram_tile<A, RI, 2>(a, b, n, acc);
-    case 3: return gram_tile<A, RI, 3>(a, b, n, acc);
-    default: return gram_tile<A, RI, 4>(a, b, n, acc);
+    case 1: return gram_tile_pf<A, RI, 1>(npf, a, b, n, acc, pf, pf_n);
+    case 2: return gram_tile_pf<A, RI, 2>(npf, a, b, n, acc, pf, pf_n);
+    case 3: return gram_tile_pf<A, RI, 3>(npf, a, b, n, acc, pf, pf_n);
+    default: return gram_tile_pf<A, RI, 4>(npf, a, b, n, acc, pf, pf_n);
   }
 }
 
 template <typename A>
-FASTMTL_INLINE void gram_tile_any(int ri, int rj, const A* const* a, const A* const* b,
-                                  int64_t n, A* acc) {
+FASTMTL_INLINE void gram_tile_any(int ri, int rj, int npf, const A* const* a, const A* const* b,
+                                  int64_t n, A* acc, const A* const* pf, int64_t pf_n) {
   switch (ri) {
-    case 1: return gram_tile_rj<A, 1>(rj, a, b, n, acc);
-    case 2: return gram_tile_rj<A, 2>(rj, a, b, n, acc);
-    default: return gram_tile_rj<A, 3>(rj, a, b, n, acc);
+    case 1: return gram_tile_rj<A, 1>(rj, npf, a, b, n, acc, pf, pf_n);
+    case 2: return gram_tile_rj<A, 2>(rj, npf, a, b, n, acc, pf, pf_n);
+    default: return gram_tile_rj<A, 3>(rj, npf, a, b, n, acc, pf, pf_n);
   }
 }
 
 // Adds the upper triangle of rows[] rows[]^T over n columns into G (T x T, float64).
 // The columns are walked in sub-blocks of about 64 KiB of rows, which stay in L1/L2
 // while every tile of pairs is formed; tile sums stay in vectors until the block ends.
+// When the rows point into J, `ahead` columns further on starts the next block, of
+// ahead_n columns (0: none, or the rows are converted copies); the first tiles ask for
+// its rows, sub-block by sub-block, while this block is reduced.
 template <typename A>
-FASTMTL_INLINE void gram_block_impl(const A* const* rows, int T, int64_t n, double* G) {
+FASTMTL_INLINE void gram_block_impl(const A* const* rows, int T, int64_t n, double* G,
+                                    int64_t ahead, int64_t ahead_n) {
   constexpr int64_t W = kWidth<A>;
   const int64_t n_vec = n & ~(W - 1);
   const int64_t sub =
       std::clamp<int64_t>((65536 / (T * (int64_t)sizeof(A))) & ~(W - 1), 8 * W, 1024);
   int tiles = 0;
   for (int i0 = 0; i0 < T; i0 += kTileI) tiles += (T - i0 + kTileJ - 1) / kTileJ;
+  const int per_tile = std::min(kTilePrefetch, (T + tiles - 1) / tiles);
+  const bool prefetch = ahead_n > 0 && per_tile * tiles >= T;
   // Plain storage (std::allocator does not promise vector alignment here).
   constexpr int64_t kTileSize = kTileI * kTileJ * W;
   std::vector<A> acc((size_t)tiles * kTileSize, A(0));
   const A* a[kTileI];
   const A* b[kTileJ];
+  const A* pf[kTilePrefetch];
   for (int64_t c = 0; c < n_vec; c += sub) {
     const int64_t m = std::min(sub, n_vec - c);
+    const int64_t pf_n = prefetch ? std::clamp<int64_t>(ahead_n - c, 0, m) : 0;
     int tile = 0;
     for (int i0 = 0; i0 < T; i0 += kTileI) {
       const int ri = std::min(kTileI, T - i0);
@@ -131,7 +159,10 @@ FASTMTL_INLINE void gram_block_impl(const A* const* rows, int T, int64_t n, doub
       for (int j0 = i0; j0 < T; j0 += kTileJ, ++tile) {
         const int rj = std::min(kTileJ, T - j0);
         for (int q = 0; q < rj; ++q) b[q] = rows[j0 + q] + c;
-        gram_tile_any<A>(ri, rj, a, b, m, acc.data() + tile * kTileSize);
+        const int p0 = tile * per_tile;
+        const int npf = pf_n > 0 ? std::clamp(T - p0, 0, per_tile) : 0;
+        for (int p = 0; p < npf; ++p) pf[p] = rows[p0 + p] + c + ahead;
+        gram_tile_any<A>(ri, rj, npf, a, b, m, acc.data() + tile * kTileSize, pf, pf_n);
       }
     }
   }
@@ -156,13 +187,22 @@ FASTMTL_INLINE void gram_block_impl(const A* const* rows, int T, int64_t n, doub
 }
 
 // acc[k] = sum_t w[t] * rows[t][k] over one block. Four independent vector chains
-// per step, so the multiply-adds are not serialised on their latency.
+// per step, so the multiply-adds are not serialised on their latency. Each step also
+// asks for the same columns `ahead` further on in every row (the next block, ahead_n
+// columns of it; 0 when there is none or the rows are converted copies), so memory
+// works on the next block while this one is summed.
 template <typename A>
 FASTMTL_INLINE void combine_block_impl(const A* w, const A* const* rows, int T, int64_t n,
-                                       A* acc) {
+                                       A* acc, int64_t ahead, int64_t ahead_n) {
   constexpr int W = kWidth<A>, U = 4;
+  constexpr int64_t kStepBytes = U * W * sizeof(A);
   int64_t k = 0;
   for (; k + U * W <= n; k += U * W) {
+    if (k < ahead_n)
+      for (int t = 0; t < T; ++t) {
+        const char* p = reinterpret_cast<const char*>(rows[t] + k + ahead);
+        for (int64_t b = 0; b < kStepBytes; b += 64) __builtin_prefetch(p + b, 0, 2);
+      }
     vec_t<A> v[U];
     for (int u = 0; u < U; ++u) v[u] = w[0] * load(rows[0] + k + u * W);
     for (int t = 1; t < T; ++t)
@@ -180,25 +220,31 @@ bool cpu_has_avx2_fma() { return FASTMTL_HAS_AVX2_CLONE && cpu_avx2_fma_enabled(
 
 // Baseline and AVX2 entry points for one accumulator type A.
 #define FASTMTL_DEFINE_BLOCK_KERNELS(A)                                                    \
-  void gram_block_base(const A* const* rows, int T, int64_t n, double* G) {               \
-    gram_block_impl<A>(rows, T, n, G);                                                     \
+  void gram_block_base(const A* const* rows, int T, int64_t n, double* G, int64_t ahead,   \
+                       int64_t ahead_n) {                                                  \
+    gram_block_impl<A>(rows, T, n, G, ahead, ahead_n);                                     \
   }                                                                                        \
-  FASTMTL_AVX2 void gram_block_avx2(const A* const* rows, int T, int64_t n, double* G) {  \
-    gram_block_impl<A>(rows, T, n, G);                                                     \
+  FASTMTL_AVX2 void gram_block_avx2(const A* const* rows, int T, int64_t n, double* G,    \
+                                    int64_t ahead, int64_t ahead_n) {                      \
+    gram_block_impl<A>(rows, T, n, G, ahead, ahead_n);                                     \
   }                                                                                        \
-  void gram_block(const A* const* rows, int T, int64_t n, double* G) {                    \
-    cpu_has_avx2_fma() ? gram_block_avx2(rows, T, n, G) : gram_block_base(rows, T, n, G); \
+  void gram_block(const A* const* rows, int T, int64_t n, double* G, int64_t ahead,        \
+                  int64_t ahead_n) {                                                       \
+    cpu_has_avx2_fma() ? gram_block_avx2(rows, T, n, G, ahead, ahead_n)                    \
+                       : gram_block_base(rows, T, n, G, ahead, ahead_n);                   \
   }                                                                                        \
-  void combine_block_base(const A* w, const A* const* rows, int T, int64_t n, A* acc) {   \
-    combine_block_impl<A>(w, rows, T, n, acc);                                             \
+  void combine_block_base(const A* w, const A* const* rows, int T, int64_t n, A* acc,     \
+                          int64_t ahead, int64_t ahead_n) {                                \
+    combine_block_impl<A>(w, rows, T, n, acc, ahead, ahead_n);                             \
   }                                                                                        \
   FASTMTL_AVX2 void combine_block_avx2(const A* w, const A* const* rows, int T, int64_t n, \
-                                       A* acc) {                                           \
-    combine_block_impl<A>(w, rows, T, n, acc);                                             \
+                                       A* acc, int64_t ahead, int64_t ahead_n) {           \
+    combine_block_impl<A>(w, rows, T, n, acc, ahead, ahead_n);                             \
   }                                                                                        \
-  void combine_block(const A* w, const A* const* rows, int T, int64_t n, A* acc) {        \
-    cpu_has_avx2_fma() ? combine_block_avx2(w, rows, T, n, acc)                            \
-                       : combine_block_base(w, rows, T, n, acc);                           \
+  void combine_block(const A* w, const A* const* rows, int T, int64_t n, A* acc,           \
+                     int64_t ahead, int64_t ahead_n) {                                     \
+    cpu_has_avx2_fma() ? combine_block_avx2(w, rows, T, n, acc, ahead, ahead_n)            \
+                       : combine_block_base(w, rows, T, n, acc, ahead, ahead_n);           \
   }
 
 FASTMTL_DEFINE_BLOCK_KERNELS(float)
@@ -207,8 +253,7 @@ FASTMTL_DEFINE_BLOCK_KERNELS(double)
 template <typename S>
 using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
-// Asks for the next block of every row while this one is being reduced: many rows are
-// many interleaved streams, more than the hardware prefetchers follow well.
+// Asks for the next block of every row at once (for converted rows; see stage_rows).
 constexpr int kPrefetchRows = 16;
 template <typename S>
 inline void prefetch_next(const S* base, int64_t ld, int T, int64_t col, int64_t n) {
@@ -237,14 +282,15 @@ void for_column_chunks(int64_t P, int64_t width, int64_t chunks, const F& body) 
 }
 
 // Points rows[t] at columns [c, c + n) of row t, converted into scratch (T x width) for
-// 16-bit inputs, and (for many rows) asks for the next block of every row.
+// 16-bit inputs. Rows read in place are prefetched by the kernels themselves, a little
+// per step; converted rows (burst_prefetch) get the next block asked for at once here,
+// and only for many rows: with few, the hardware prefetchers keep up and the burst only
+// stalled (measured: combine_rows 1.0x instead of 1.25x one J.sum() at T = 10).
 template <typename S, typename A>
 inline void stage_rows(const S* base, int64_t ld, int T, int64_t c, int64_t n, int64_t width,
-                       int64_t end, const A** rows, A* scratch) {
-  // With few rows the hardware prefetchers keep up and a burst of software prefetches only
-  // stalls (measured here: combine_rows 1.0x instead of 1.25x one J.sum() at T = 10, gram
-  // 0.8-1.0x instead of 1.5x at T = 2); at T = 40 they help. T = 11-16 is not measured.
-  if (T > kPrefetchRows) prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
+                       int64_t end, const A** rows, A* scratch, bool burst_prefetch) {
+  if (burst_prefetch && T > kPrefetchRows)
+    prefetch_next(base, ld, T, c + width, std::min(width, end - c - width));
   for (int t = 0; t < T; ++t) {
     const S* src = base + t * ld + c;
     if constexpr (std::is_same_v<S, A>) {
@@ -260,6 +306,7 @@ inline void stage_rows(const S* base, int64_t ld, int T, int64_t c, int64_t n, i
 template <typename S>
 at::Tensor gram_typed(const at::Tensor& J) {
   using A = acc_t<S>;
+  constexpr bool in_place = std::is_same_v<S, A>;
   const int T = (int)J.size(0);
   const int64_t P = J.size(1), ld = J.stride(0);
   const S* base = J.const_data_ptr<S>();
@@ -275,8 +322,10 @@ at::Tensor gram_typed(const at::Tensor& J) {
     if constexpr (!std::is_same_v<S, A>) scratch.resize((size_t)T * width);
     for (int64_t c = begin; c < end; c += width) {
       const int64_t n = std::min(width, end - c);
-      stage_rows(base, ld, T, c, n, width, end, rows.data(), scratch.data());
-      gram_block(rows.data(), T, n, Gc);
+      // Rows read in place: the kernel prefetches the next block, spread over its tiles.
+      const int64_t ahead_n = in_place ? std::clamp<int64_t>(end - c - width, 0, width) : 0;
+      stage_rows(base, ld, T, c, n, width, end, rows.data(), scratch.data(), !in_place);
+      gram_block(rows.data(), T, n, Gc, width, ahead_n);
     }
   });
 
@@ -295,6 +344,7 @@ at::Tensor gram_typed(const at::Tensor& J) {
 template <typename S>
 void combine_typed(const at::Tensor& w, const at::Tensor& J, at::Tensor& out, bool accumulate) {
   using A = acc_t<S>;
+  constexpr bool in_place = std::is_same_v<S, A>;
   const int T = (int)J.size(0);
   const int64_t P = J.size(1), ld = J.stride(0);
   const S* base = J.const_data_ptr<S>();
@@ -313,8 +363,9 @@ void combine_typed(const at::Tensor& w, const at::Tensor& J, at::Tensor& out, bo
     if constexpr (!std::is_same_v<S, A>) scratch.resize((size_t)T * width);
     for (int64_t c = begin; c < end; c += width) {
       const int64_t n = std::min(width, end - c);
-      stage_rows(base, ld, T, c, n, width, end, rows.data(), scratch.data());
-      combine_block(wa.data(), rows.data(), T, n, acc.data());
+      const int64_t ahead_n = in_place ? std::clamp<int64_t>(end - c - width, 0, width) : 0;
+      stage_rows(base, ld, T, c, n, width, end, rows.data(), scratch.data(), !in_place);
+      combine_block(wa.data(), rows.data(), T, n, acc.data(), width, ahead_n);
       S* o = dst + c;
       if (accumulate) {
         for (int64_t k = 0; k < n; ++k) o[k] = static_cast<S>(static_cast<A>(o[k]) + acc[k]);
