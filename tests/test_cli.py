@@ -67,3 +67,24 @@ def test_bench_fd_tiny(tmp_path, capsys):
     assert {"fd mean", "fd weighted", "fd map (reduce=none)",
             "pure-PyTorch reference (float64)"} <= set(ratios)
     assert all(r > 0 for r in ratios.values())
+
+
+def test_time_ratio_alternates_calls_and_divides_medians(monkeypatch):
+    # A fake clock: each call of fn takes 3 ticks, each baseline call 1, so the ratio is 3
+    # exactly, whatever this machine's speed; the log checks the calls alternate.
+    from fastmtl.bench import combine as bench
+
+    clock = [0.0]
+    calls: list[str] = []
+
+    def tick(name: str, cost: float):
+        def f():
+            calls.append(name)
+            clock[0] += cost
+        return f
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    ratio = bench.time_ratio(tick("fn", 3.0), tick("base", 1.0), bench.torch.device("cpu"),
+                             repeats=4, budget_s=1e9)
+    assert ratio == 3.0
+    assert calls == ["fn", "base"] + ["base", "fn"] * 4

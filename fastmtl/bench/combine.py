@@ -1,7 +1,8 @@
 """Combiner micro-benchmark: combine time as a multiple of one ``J.sum()`` pass.
 
-Every figure is a ratio measured in the same process, so a noisy shared machine cancels
-out: ``J.sum()`` reads ``J`` once, and a Gramian combine step must read it twice
+Every figure is a ratio measured in the same process, with the calls alternated with
+``J.sum()`` calls (:func:`time_ratio`), so the load of a noisy shared machine falls on both
+sides alike: ``J.sum()`` reads ``J`` once, and a Gramian combine step must read it twice
 (``G = J J^T``, then ``d = w^T J``), so about 2 is the floor. TorchJD's matching
 aggregators are timed side by side when ``torchjd`` is installed.
 """
@@ -93,6 +94,30 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warm
     return statistics.median(times)
 
 
+def time_ratio(fn: Callable[[], object], baseline: Callable[[], object], device: torch.device,
+               repeats: int, warmup: int = 1, budget_s: float = 20.0) -> float:
+    """Median time of ``fn`` over the median time of ``baseline``, the two called in turn.
+
+    Alternating the calls exposes both to the same load on a shared machine, so the ratio
+    is steadier than one of two medians taken minutes apart.
+    """
+    for _ in range(warmup):
+        fn()
+        baseline()
+    _sync(device)
+    times: dict[str, list[float]] = {"fn": [], "baseline": []}
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for key, f in (("baseline", baseline), ("fn", fn)):
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            times[key].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times["fn"]) >= 3:
+            break
+    return statistics.median(times["fn"]) / statistics.median(times["baseline"])
+
+
 def _torchjd():
     try:
         import torchjd.aggregation as agg
@@ -129,23 +154,25 @@ def _bench_one(T: int, P: int, dev: torch.device, dtype: torch.dtype, repeats: i
     out = torch.empty(P, device=dev, dtype=dtype)
     t_sum = time_call(lambda: J.sum(), dev, repeats)
     row = CombineRow(T, P, str(dtype).replace("torch.", ""), dev.type, t_sum * 1e3)
-    t_gram = time_call(lambda: ops.gram(J), dev, repeats)
+
+    def ratio(fn: Callable[[], object], reps: int = repeats) -> float:
+        return time_ratio(fn, lambda: J.sum(), dev, reps)
+
     w = torch.rand(T, device=dev, dtype=torch.float64)
-    t_rows = time_call(lambda: ops.combine_rows(w, J, out=out), dev, repeats)
-    row.ratios["gram"] = t_gram / t_sum
-    row.ratios["combine_rows"] = t_rows / t_sum
-    row.ratios["J @ J.T"] = time_call(lambda: J @ J.T, dev, repeats) / t_sum
+    row.ratios["gram"] = ratio(lambda: ops.gram(J))
+    row.ratios["combine_rows"] = ratio(lambda: ops.combine_rows(w, J, out=out))
+    row.ratios["J @ J.T"] = ratio(lambda: J @ J.T)
     gigabytes = J.numel() * J.element_size() / 1e9
-    row.bandwidth_gbps = {"J.sum": gigabytes / t_sum, "gram": gigabytes / t_gram,
-                          "combine_rows": gigabytes / t_rows}
+    row.bandwidth_gbps = {"J.sum": gigabytes / t_sum,
+                          "gram": gigabytes / (t_sum * row.ratios["gram"]),
+                          "combine_rows": gigabytes / (t_sum * row.ratios["combine_rows"])}
     for m in methods:
         comb = _fixed_order_combiner(m, T)
-        row.ratios[f"{m} out="] = time_call(partial(comb, J, out=out), dev, repeats) / t_sum
-        row.ratios[m] = time_call(partial(comb, J), dev, repeats) / t_sum
+        row.ratios[f"{m} out="] = ratio(partial(comb, J, out=out))
+        row.ratios[m] = ratio(partial(comb, J))
         peer = _make_peer(agg, TORCHJD_MATCH[m][0], TORCHJD_MATCH[m][2], T) if agg else None
         if peer is not None:
-            t_peer = time_call(partial(peer, J), dev, max(1, repeats // 2))
-            row.ratios[f"torchjd {m}"] = t_peer / t_sum
+            row.ratios[f"torchjd {m}"] = ratio(partial(peer, J), max(1, repeats // 2))
     return row
 
 
