@@ -177,6 +177,62 @@ def test_pinv_weights_on_both_branches(rank, device):
         assert torch.equal(native[1].cpu(), ref[1])
 
 
+def _gram_with_spectrum(lam: torch.Tensor, seed: int) -> torch.Tensor:
+    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(seed)))
+    G = Q @ torch.diag(lam) @ Q.T
+    return (G + G.T) / 2
+
+
+def _certificate_shift(G: torch.Tensor) -> float:
+    # psd_pinv_solve's tau = (T + 2)^2 eps ||G||_inf
+    T = G.shape[0]
+    return (T + 2) ** 2 * torch.finfo(torch.float64).eps * float(G.abs().sum(1).max())
+
+
+@pytest.mark.parametrize("case", ["certified", "refinement stalls", "beyond certificate",
+                                  "rank deficient"])
+def test_imtlg_solve_on_every_path(case, device):
+    # The pseudo-inverse solve has four paths: a Cholesky factor of G - tau I certifies
+    # full rank and refinement on it solves (lambda_min >> tau); refinement diverges when
+    # lambda_min < 2 tau and a Cholesky solve of G takes over; beyond the certificate the
+    # eigenvalues decide (all kept: Cholesky); below the cut-off the eigenvectors are used.
+    # (IMTL-G's normalisation w / sum(w) hides an error along a near-null direction, which
+    # dominates w there; the checks below are on what the weights define.)
+    T = 40
+    lam = torch.logspace(0, 1, T, dtype=torch.float64)
+    G = _gram_with_spectrum(lam, seed=3)
+    tau = _certificate_shift(G)
+    if case == "refinement stalls":
+        lam[0] = 1.5 * tau
+    elif case == "beyond certificate":
+        lam[0] = 0.05 * tau
+    elif case == "rank deficient":
+        lam[:5] = 0.0
+    G = _gram_with_spectrum(lam, seed=3)
+    tau = _certificate_shift(G)
+    lam_min = float(torch.linalg.eigvalsh(G).min())
+    expect = {"certified": lam_min > 1e6 * tau, "refinement stalls": tau < lam_min < 2 * tau,
+              "beyond certificate": T * 2.3e-16 * 10 < lam_min < tau,
+              "rank deficient": lam_min < T * 2.2e-16 * 10}
+    assert expect[case], (lam_min, tau)
+    w, ok = ops.imtlg_weights(G.to(device))
+    w = w.cpu()
+    assert bool(ok) and torch.isfinite(w).all()
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-12)
+    if case == "rank deficient":  # n is not in G's range: compare with pinv's least squares
+        torch.testing.assert_close(w, reference.imtlg_weights(G)[0], rtol=1e-9, atol=1e-11)
+        return
+    # full rank: G w = mu n (equal projections on the unit gradients) up to backward error;
+    # only the well-conditioned case can compare w itself with the reference
+    n = G.diagonal().sqrt()
+    mu = float(n @ (G @ w)) / float(n @ n)
+    residual = float((G @ w - mu * n).abs().max())
+    assert residual <= 1e-12 * float(G.abs().max() * w.abs().sum()), residual
+    if case == "certified":
+        torch.testing.assert_close(w, reference.imtlg_weights(G)[0], rtol=1e-9, atol=1e-11)
+
+
 def test_gradvac_coefficients_match_reference(device):
     G = _random_grams((2,), 5, device, seed=6)
     order = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(7)).argsort(-1)

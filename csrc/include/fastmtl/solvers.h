@@ -728,15 +728,14 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
   return m;
 }
 
-// x = M^{-1} y by Cholesky (L: T x T scratch, row-major lower factor); false where a pivot
-// is not positive.
-FASTMTL_HD inline bool cholesky_solve(const double* M, int T, const double* y, double* x,
-                                      double* L) {
+// Lower Cholesky factor of M - shift I into L (T x T, row-major); false where a pivot is
+// not positive.
+FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* L) {
   for (int i = 0; i < T; ++i) {
     double* Li = L + (int64_t)i * T;
     for (int j = 0; j <= i; ++j) {
       const double* Lj = L + (int64_t)j * T;
-      const double s = M[(int64_t)i * T + j] - dot(Li, Lj, j);
+      const double s = M[(int64_t)i * T + j] - (i == j ? shift : 0.0) - dot(Li, Lj, j);
       if (j < i) {
         Li[j] = s / Lj[j];
       } else {
@@ -745,6 +744,11 @@ FASTMTL_HD inline bool cholesky_solve(const double* M, int T, const double* y, d
       }
     }
   }
+  return true;
+}
+
+// x = (L L^T)^{-1} y by two triangular solves (x may be y).
+FASTMTL_HD inline void cholesky_apply(const double* L, int T, const double* y, double* x) {
   for (int i = 0; i < T; ++i) {
     const double* Li = L + (int64_t)i * T;
     x[i] = (y[i] - dot(Li, x, i)) / Li[i];
@@ -754,24 +758,72 @@ FASTMTL_HD inline bool cholesky_solve(const double* M, int T, const double* y, d
     x[q] /= Lq[q];
     for (int p = 0; p < q; ++p) x[p] -= Lq[p] * x[q];
   }
-  return true;
+}
+
+// x = M^{-1} y by iterative refinement on the factor L of M - shift I:
+//   x <- x + (M - shift I)^{-1} (y - M x),
+// whose error shrinks by shift / (lambda - shift) per step on each eigenvalue lambda of
+// M. True once a correction is below a few ulps of x; false when the corrections stop
+// halving first (lambda_min near 2 shift, or rounding at a high condition number).
+// r and dx: T doubles of scratch each.
+FASTMTL_HD inline bool refined_solve(const double* M, const double* L, int T, const double* y,
+                                     double* x, double* r, double* dx) {
+  for (int i = 0; i < T; ++i) x[i] = 0.0;
+  double previous = INFINITY;
+  for (int step = 0; step < 12; ++step) {
+    for (int i = 0; i < T; ++i) r[i] = y[i] - dot(M + (int64_t)i * T, x, T);
+    cholesky_apply(L, T, r, dx);
+    double size = 0.0, change = 0.0;
+    for (int i = 0; i < T; ++i) {
+      x[i] += dx[i];
+      size = fmax(size, fabs(x[i]));
+      change = fmax(change, fabs(dx[i]));
+    }
+    if (change <= 4.0 * kEps64 * size) return true;
+    if (!(change < 0.5 * previous)) return false;
+    previous = change;
+  }
+  return false;
+}
+
+FASTMTL_HD inline double inf_norm(const double* M, int T) {
+  double m = 0.0;
+  for (int i = 0; i < T; ++i) {
+    double row = 0.0;
+    for (int j = 0; j < T; ++j) row += fabs(M[(int64_t)i * T + j]);
+    m = fmax(m, row);
+  }
+  return m;
 }
 
 // x = M^+ y for positive semi-definite M, keeping the eigenvalues above T eps max|lambda|
-// (torch.linalg.pinv's rule). The eigenvalues alone decide first: when every one is kept,
-// M^+ = M^{-1} and a Cholesky solve gives x without the eigenvectors (about 2.5x less
-// work); otherwise, or if a pivot fails, x comes from the full eigen-decomposition. (The
-// Cholesky pivots themselves do not bound lambda_min, so they cannot make that decision.)
+// (torch.linalg.pinv's rule).
+//
+// Fast path, a certificate that every eigenvalue is kept (then M^+ = M^{-1}): the factor
+// of M - tau I with tau = (T + 2)^2 eps ||M||_inf. The computed factor is exact for
+// M - tau I + E with ||E||_2 <= T gamma_{T+1} max_i M_ii (Cholesky's backward error), so
+// its existence gives lambda_min(M) >= tau - ||E|| >= T eps ||M||_inf >= T eps lambda_max.
+// x then comes by refinement on that factor (a few O(T^2) steps), or, if that stalls, by
+// a Cholesky solve with M itself. Otherwise (rank-deficient or condition number beyond
+// ~1 / ((T + 2)^2 eps)): the eigenvalues decide, then Cholesky when all are kept, else
+// the eigenvectors. Cholesky pivots of M alone do not bound lambda_min, hence the shift.
 FASTMTL_HD inline void psd_pinv_solve(const double* M, int T, const double* y, double* x,
                                       double* work) {
   double* lambda = work;
   double* V = lambda + T;
   double* A = V + (int64_t)T * T;
   double* tmp = A + (int64_t)T * T;
-  if (T > 0 && tridiag_ql_eigh(M, T, lambda, V, A, tmp, /*vectors=*/false)) {
+  if (T == 0) return;
+  const double tau = (double)(T + 2) * (T + 2) * kEps64 * inf_norm(M, T);
+  if (tau > 0.0 && cholesky_factor(M, T, tau, V)) {
+    if (refined_solve(M, V, T, y, x, lambda, tmp)) return;
+    if (cholesky_factor(M, T, 0.0, V)) return cholesky_apply(V, T, y, x);
+  }
+  if (tridiag_ql_eigh(M, T, lambda, V, A, tmp, /*vectors=*/false)) {
     double lmin = lambda[0];
     for (int k = 1; k < T; ++k) lmin = fmin(lmin, lambda[k]);
-    if (lmin > T * kEps64 * max_abs(lambda, T) && cholesky_solve(M, T, y, x, V)) return;
+    if (lmin > T * kEps64 * max_abs(lambda, T) && cholesky_factor(M, T, 0.0, V))
+      return cholesky_apply(V, T, y, x);
   }
   symmetric_eigh(M, T, lambda, V, A, tmp);
   eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), y, x, tmp);
