@@ -6,7 +6,6 @@
 
 #include "../ops_common.h"
 #include "fastmtl/solvers.h"
-#include "fastmtl/solvers_nash_qp.h"
 
 namespace fastmtl {
 namespace {

@@ -2,12 +2,11 @@
 //
 // Same conventions as solvers.h: one float64 T x T matrix per call, row-major, caller-owned
 // workspaces, capped iterations, success reported by the return value.
-#pragma once
-
-#include "solvers.h"
+// Included by solvers.h after solvers_impl.h, into the same namespace (no include guard:
+// see solvers_impl.h).
 
 namespace fastmtl {
-namespace solvers {
+namespace FASTMTL_SOLVERS_NS {
 
 // In-place lower Cholesky factor of the row-major T x T matrix H (upper part untouched).
 // False when a pivot is not positive.
@@ -287,5 +286,5 @@ FASTMTL_HD inline void dual_cone_matrix(const double* G, int T, double norm_eps,
   for (int i = 0; i < T; ++i) A[(int64_t)i * T + i] += reg_eps;
 }
 
-}  // namespace solvers
+}  // namespace FASTMTL_SOLVERS_NS
 }  // namespace fastmtl
