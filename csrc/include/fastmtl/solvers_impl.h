@@ -571,21 +571,21 @@ FASTMTL_HD inline bool jacobi_eigh(const double* G, int T, double* lambda, doubl
 // ---------------------------------------------------------------------------
 // Symmetric eigen-decomposition by Householder reduction to tridiagonal form followed by
 // the implicit QL algorithm with Wilkinson-type shifts: O(T^3) with a small constant, the
-// fast path for larger T. A (T x T scratch) ends holding the eigenvectors transposed (row k
-// = eigenvector k), so the QL rotations update contiguous rows; V gets them as columns.
-// `e` is T doubles of scratch. Returns false if an eigenvalue needed over 60 QL steps.
-// With vectors=false only the eigenvalues are computed (V is scratch, A is not touched):
-// no accumulation of Q and no rotations of eigenvectors, about a third of the work.
+// fast path for larger T. It is built from the three steps below, which Aligned-MTL also
+// uses on their own (it needs the eigenvectors only applied to two vectors).
 // ---------------------------------------------------------------------------
-FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, double* V,
-                                       double* A, double* e, bool vectors = true) {
-  double* a = V;  // Householder reduction in place in V (row-major), then Q^T into A
-  double* d = lambda;
-  for (int64_t k = 0; k < (int64_t)T * T; ++k) a[k] = G[k];
+
+// Reduces the symmetric a (row-major, in place; its lower triangle is read) to tridiagonal
+// form Q^T a Q with Q = H_{T-1} ... H_1, H_i = I - u_i u_i^T / h_i acting on coordinates
+// [0, i). Afterwards row i of a holds u_i in [0, i), a(i, i) the diagonal entry, h[i] the
+// scalar h_i (0: no reflection) and e[i] the entry coupling i - 1 and i (e[0] = 0). With
+// store_scaled, a(j, i) = u_i[j] / h_i above the diagonal, for householder_accumulate.
+FASTMTL_HD inline void householder_tridiagonal(double* a, int T, double* h, double* e,
+                                               bool store_scaled) {
 #define FASTMTL_A(i, j) a[(int64_t)(i) * T + (j)]
   for (int i = T - 1; i > 0; --i) {
     const int l = i - 1;
-    double h = 0.0;
+    double hi = 0.0;
     if (l > 0) {
       double scale = 0.0;
       for (int k = 0; k <= l; ++k) scale += fabs(FASTMTL_A(i, k));
@@ -594,18 +594,18 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
       } else {
         for (int k = 0; k <= l; ++k) {
           FASTMTL_A(i, k) /= scale;
-          h += FASTMTL_A(i, k) * FASTMTL_A(i, k);
+          hi += FASTMTL_A(i, k) * FASTMTL_A(i, k);
         }
         double f = FASTMTL_A(i, l);
-        double g = f >= 0.0 ? -sqrt(h) : sqrt(h);
+        double g = f >= 0.0 ? -sqrt(hi) : sqrt(hi);
         e[i] = scale * g;
-        h -= f * g;
+        hi -= f * g;
         FASTMTL_A(i, l) = f - g;
         // e = B x / h, with B the symmetric leading block (its lower triangle is stored)
         // and x = row i; by rows, so that every access is contiguous and vectorises
         const double* x = &FASTMTL_A(i, 0);
         for (int j = 0; j <= l; ++j) {
-          if (vectors) FASTMTL_A(j, i) = x[j] / h;  // u / h, for the accumulation of Q
+          if (store_scaled) FASTMTL_A(j, i) = x[j] / hi;
           e[j] = 0.0;
         }
         for (int j = 0; j <= l; ++j) {
@@ -620,10 +620,10 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
         }
         f = 0.0;
         for (int j = 0; j <= l; ++j) {
-          e[j] /= h;
+          e[j] /= hi;
           f += e[j] * x[j];
         }
-        const double hh = f / (h + h);
+        const double hh = f / (hi + hi);
         for (int j = 0; j <= l; ++j) {
           f = FASTMTL_A(i, j);
           e[j] = g = e[j] - hh * f;
@@ -633,16 +633,22 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
     } else {
       e[i] = FASTMTL_A(i, l);
     }
-    d[i] = h;
+    h[i] = hi;
   }
-  d[0] = 0.0;
-  e[0] = 0.0;
-  for (int i = 0; i < T && !vectors; ++i) d[i] = FASTMTL_A(i, i);
-  for (int i = 0; i < T && vectors; ++i) {  // accumulate the transformations: Q in a
-    if (d[i] != 0.0) {
+  if (T > 0) {
+    h[0] = 0.0;
+    e[0] = 0.0;
+  }
+}
+
+// Overwrites a (reduced with store_scaled) with Q and writes the diagonal into d; h may
+// be d (each h[i] is read before d[i] is written). g: T doubles of scratch.
+FASTMTL_HD inline void householder_accumulate(double* a, int T, const double* h, double* d,
+                                              double* g) {
+  for (int i = 0; i < T; ++i) {
+    if (h[i] != 0.0) {
       // g = row i times the leading i x i block, then that block -= column i times g;
-      // row by row (contiguous), the same sums as column by column. A is free scratch here.
-      double* g = A;
+      // row by row (contiguous), the same sums as column by column
       for (int j = 0; j < i; ++j) g[j] = 0.0;
       for (int k = 0; k < i; ++k) {
         const double aik = FASTMTL_A(i, k);
@@ -659,12 +665,39 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
     FASTMTL_A(i, i) = 1.0;
     for (int j = 0; j < i; ++j) FASTMTL_A(j, i) = FASTMTL_A(i, j) = 0.0;
   }
+}
 #undef FASTMTL_A
-  for (int i = 0; i < T && vectors; ++i)  // Z^T: row k = column k of Q
-    for (int k = 0; k < T; ++k) A[(int64_t)k * T + i] = a[(int64_t)i * T + k];
-  for (int i = 1; i < T; ++i) e[i - 1] = e[i];
-  if (T > 0) e[T - 1] = 0.0;
-  bool ok = true;
+
+// y <- Q y, or Q^T y with transpose, from the reflections householder_tridiagonal left
+// in a and h: O(T^2), without forming Q.
+FASTMTL_HD inline void householder_apply(const double* a, const double* h, int T, double* y,
+                                         bool transpose) {
+  for (int n = 1; n < T; ++n) {
+    const int i = transpose ? T - n : n;
+    if (h[i] == 0.0) continue;
+    const double* u = a + (int64_t)i * T;
+    const double s = dot(u, y, i) / h[i];
+    for (int k = 0; k < i; ++k) y[k] -= s * u[k];
+  }
+}
+
+// The Givens rotations of an implicit QL run, in order: rotation n mixes entries
+// row[n] and row[n] + 1 with (c[n], s[n]).
+struct GivensLog {
+  double* c;
+  double* s;
+  double* row;
+  int64_t capacity;
+  int64_t count;
+};
+
+// Implicit QL on the tridiagonal (d, e), e[k] coupling k and k + 1 (e[T - 1] = 0): d ends
+// holding the eigenvalues (unsorted). Each rotation is applied to the rows of Z (T x T,
+// row-major; rows i, i + 1) and to the entries of y, each of which may be null, and
+// appended to log (if not null). False if an eigenvalue needed over 60 QL steps or the
+// log is full.
+FASTMTL_HD inline bool implicit_ql(double* d, double* e, int T, double* Z, double* y,
+                                   GivensLog* log) {
   for (int l = 0; l < T; ++l) {
     int iter = 0, m;
     do {
@@ -673,10 +706,7 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
         if (fabs(e[m]) <= kEps64 * dd) break;
       }
       if (m != l) {
-        if (iter++ == 60) {
-          ok = false;
-          break;
-        }
+        if (iter++ == 60) return false;
         double g = (d[l + 1] - d[l]) / (2.0 * e[l]);
         double r = hypot(g, 1.0);
         g = d[m] - d[l] + e[l] / (g + (g >= 0.0 ? fabs(r) : -fabs(r)));
@@ -697,12 +727,25 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
           r = (d[i] - g) * sn + 2.0 * c * b;
           d[i + 1] = g + (p = sn * r);
           g = c * r - b;
-          double* zi = A + (int64_t)i * T;
-          double* zi1 = zi + T;
-          for (int k = 0; k < T && vectors; ++k) {  // rotate eigenvector rows i, i + 1
-            f = zi1[k];
-            zi1[k] = sn * zi[k] + c * f;
-            zi[k] = c * zi[k] - sn * f;
+          if (Z != nullptr) {  // rotate rows i, i + 1
+            double* zi = Z + (int64_t)i * T;
+            double* zi1 = zi + T;
+            for (int k = 0; k < T; ++k) {
+              f = zi1[k];
+              zi1[k] = sn * zi[k] + c * f;
+              zi[k] = c * zi[k] - sn * f;
+            }
+          }
+          if (y != nullptr) {
+            f = y[i + 1];
+            y[i + 1] = sn * y[i] + c * f;
+            y[i] = c * y[i] - sn * f;
+          }
+          if (log != nullptr) {
+            if (log->count == log->capacity) return false;
+            log->c[log->count] = c;
+            log->s[log->count] = sn;
+            log->row[log->count++] = i;
           }
         }
         if (r == 0.0 && i >= l) continue;
@@ -712,7 +755,30 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
       }
     } while (m != l);
   }
-  for (int i = 0; i < T && vectors; ++i)
+  return true;
+}
+
+// The eigen-decomposition: lambda (unsorted) and V (row-major, eigenvector k in column k).
+// A (T x T) and e (T) are scratch; V is scratch until the end. With vectors=false only the
+// eigenvalues are computed (A is not touched): no accumulation of Q and no rotations of
+// eigenvectors, about a third of the work. False if an eigenvalue needed over 60 QL steps.
+FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, double* V,
+                                       double* A, double* e, bool vectors = true) {
+  double* a = V;  // Householder reduction in place in V, then Q^T into A (row k = column k)
+  double* d = lambda;
+  for (int64_t k = 0; k < (int64_t)T * T; ++k) a[k] = G[k];
+  householder_tridiagonal(a, T, d, e, vectors);
+  if (vectors) {
+    householder_accumulate(a, T, d, d, A);
+    for (int i = 0; i < T; ++i)
+      for (int k = 0; k < T; ++k) A[(int64_t)k * T + i] = a[(int64_t)i * T + k];
+  } else {
+    for (int i = 0; i < T; ++i) d[i] = a[(int64_t)i * T + i];
+  }
+  for (int i = 1; i < T; ++i) e[i - 1] = e[i];
+  if (T > 0) e[T - 1] = 0.0;
+  const bool ok = implicit_ql(d, e, T, vectors ? A : nullptr, nullptr, nullptr);
+  for (int i = 0; i < T && vectors && ok; ++i)
     for (int k = 0; k < T; ++k) V[(int64_t)k * T + i] = A[(int64_t)i * T + k];
   return ok;
 }
