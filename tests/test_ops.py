@@ -233,6 +233,24 @@ def test_imtlg_solve_on_every_path(case, device):
         torch.testing.assert_close(w, reference.imtlg_weights(G)[0], rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("spectrum", ["full rank", "rank 25 of 40", "repeated", "T = 128"])
+@pytest.mark.parametrize("scale_mode", [0, 1, 2])
+def test_aligned_mtl_without_eigenvectors_matches_reference(spectrum, scale_mode, device):
+    # The native path applies V only to two vectors (reflections + logged QL rotations);
+    # the reference forms V with torch.linalg.eigh.
+    T = 128 if spectrum == "T = 128" else 40
+    lam = torch.logspace(-3, 1, T, dtype=torch.float64)
+    if spectrum == "rank 25 of 40":
+        lam[:15] = 0.0
+    elif spectrum == "repeated":
+        lam = torch.tensor([1.0, 2.0, 5.0, 5.0], dtype=torch.float64).repeat_interleave(10)
+    G = _gram_with_spectrum(lam, seed=T + scale_mode)
+    w, rank = ops.aligned_mtl_weights(G.to(device), scale_mode, 1e-7)
+    w_ref, rank_ref = reference.aligned_mtl_weights(G, scale_mode, 1e-7)
+    assert int(rank) == int(rank_ref) == int((lam > 0).sum())
+    torch.testing.assert_close(w.cpu(), w_ref, rtol=1e-9, atol=1e-11 * float(w_ref.abs().max()))
+
+
 def test_gradvac_coefficients_match_reference(device):
     G = _random_grams((2,), 5, device, seed=6)
     order = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(7)).argsort(-1)

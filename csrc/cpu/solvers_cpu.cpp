@@ -2,6 +2,7 @@
 // each solved by the shared header-only routines in include/fastmtl/solvers.h.
 #include <ATen/Parallel.h>
 
+#include <memory>
 #include <vector>
 
 #include "../ops_common.h"
@@ -99,8 +100,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cagrad_weights_cpu(const at::Tens
 template <typename F>
 void for_each_problem(int64_t batch, int64_t work, const F& fn) {
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<double> ws(std::max<int64_t>(work, 1));
-    for (int64_t b = b0; b < b1; ++b) fn(b, ws.data());
+    // uninitialised: every solver writes its workspace before reading it, and zeroing a
+    // large one (Aligned-MTL's rotation log) would cost as much as a small solve
+    std::unique_ptr<double[]> ws(new double[std::max<int64_t>(work, 1)]);
+    for (int64_t b = b0; b < b1; ++b) fn(b, ws.get());
   });
 }
 
@@ -119,9 +122,10 @@ std::tuple<at::Tensor, at::Tensor> symmetric_eigh_cpu(const at::Tensor& G_in) {
 }
 
 // Shared body of the ops that map each G to weights w and a per-problem flag or count.
+// work(T): doubles of workspace per problem.
 template <typename Flag, typename F>
 std::tuple<at::Tensor, at::Tensor> weights_op(const at::Tensor& G_in, at::ScalarType flag_type,
-                                              const F& solve) {
+                                              int64_t (*work)(int), const F& solve) {
   const int64_t T = check_gram_batch(G_in, "G");
   const at::Tensor G = G_in.contiguous();
   at::Tensor w = at::empty(batch_shape(G, 1), G.options());
@@ -129,31 +133,34 @@ std::tuple<at::Tensor, at::Tensor> weights_op(const at::Tensor& G_in, at::Scalar
   const double* g = G.const_data_ptr<double>();
   double* wp = w.data_ptr<double>();
   Flag* fp = flag.data_ptr<Flag>();
-  for_each_problem(G.numel() / (T * T), solvers::eig_work_doubles((int)T),
-                   [&](int64_t b, double* ws) {
-                     fp[b] = solve(g + b * T * T, (int)T, wp + b * T, ws);
-                   });
+  for_each_problem(G.numel() / (T * T), work((int)T), [&](int64_t b, double* ws) {
+    fp[b] = solve(g + b * T * T, (int)T, wp + b * T, ws);
+  });
   return {w, flag};
 }
 
 std::tuple<at::Tensor, at::Tensor> imtlg_weights_cpu(const at::Tensor& G) {
-  return weights_op<bool>(G, at::kBool, [](const double* g, int T, double* w, double* ws) {
-    return FASTMTL_SOLVE(imtlg_weights, g, T, w, ws);
-  });
+  return weights_op<bool>(G, at::kBool, &solvers::eig_work_doubles,
+                          [](const double* g, int T, double* w, double* ws) {
+                            return FASTMTL_SOLVE(imtlg_weights, g, T, w, ws);
+                          });
 }
 
 std::tuple<at::Tensor, at::Tensor> config_weights_cpu(const at::Tensor& G) {
-  return weights_op<bool>(G, at::kBool, [](const double* g, int T, double* w, double* ws) {
-    return FASTMTL_SOLVE(config_weights, g, T, w, ws);
-  });
+  return weights_op<bool>(G, at::kBool, &solvers::eig_work_doubles,
+                          [](const double* g, int T, double* w, double* ws) {
+                            return FASTMTL_SOLVE(config_weights, g, T, w, ws);
+                          });
 }
 
 std::tuple<at::Tensor, at::Tensor> aligned_mtl_weights_cpu(const at::Tensor& G,
                                                            int64_t scale_mode, double rank_eps) {
   TORCH_CHECK_VALUE(scale_mode >= 0 && scale_mode <= 2, "scale_mode must be 0, 1 or 2");
-  return weights_op<int64_t>(G, at::kLong, [&](const double* g, int T, double* w, double* ws) {
-    return (int64_t)FASTMTL_SOLVE(aligned_mtl_weights, g, T, (int)scale_mode, rank_eps, w, ws);
-  });
+  return weights_op<int64_t>(G, at::kLong, &solvers::aligned_mtl_work_doubles,
+                             [&](const double* g, int T, double* w, double* ws) {
+                               return (int64_t)FASTMTL_SOLVE(aligned_mtl_weights, g, T,
+                                                             (int)scale_mode, rank_eps, w, ws);
+                             });
 }
 
 at::Tensor gradvac_coefficients_cpu(const at::Tensor& G_in, const at::Tensor& order_in,

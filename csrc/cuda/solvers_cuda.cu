@@ -108,16 +108,21 @@ __global__ void eigh_kernel(const double* G, int T, int64_t batch, double* lambd
 }
 
 // kind: 0 IMTL-G, 1 ConFIG, 2 Aligned-MTL (flag holds the rank as int64 then).
+__host__ __device__ inline int64_t eigen_work_doubles(int T, int kind) {
+  return kind == 2 ? solvers::aligned_mtl_work_doubles(T) : solvers::eig_work_doubles(T);
+}
+
 __global__ void eigen_weights_kernel(const double* G, int T, int64_t batch, int kind,
                                      int scale_mode, double rank_eps, double* w, bool* ok,
                                      int64_t* rank, double* work) {
   const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const double* g = G + b * T * T;
-  double* ws = work + b * solvers::eig_work_doubles(T);
+  double* ws = work + b * eigen_work_doubles(T, kind);
   if (kind == 0) ok[b] = solvers::imtlg_weights(g, T, w + b * T, ws);
   if (kind == 1) ok[b] = solvers::config_weights(g, T, w + b * T, ws);
-  if (kind == 2) rank[b] = solvers::aligned_mtl_weights(g, T, scale_mode, rank_eps, w + b * T, ws);
+  if (kind == 2)
+    rank[b] = solvers::aligned_mtl_weights(g, T, scale_mode, rank_eps, w + b * T, ws);
 }
 
 __global__ void gradvac_kernel(const double* G, const int64_t* order, int T, int64_t batch,
@@ -218,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> eigen_weights_cuda(const at::Tensor& G_in, in
   at::Tensor flag = at::empty(batch_shape(G, 2),
                               G.options().dtype(kind == 2 ? at::kLong : at::kBool));
   if (batch == 0) return {w, flag};
-  at::Tensor work = at::empty({batch * solvers::eig_work_doubles((int)T)}, G.options());
+  at::Tensor work = at::empty({batch * eigen_work_doubles((int)T, kind)}, G.options());
   eigen_weights_kernel<<<grid_for(batch), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       G.const_data_ptr<double>(), (int)T, batch, kind, (int)scale_mode, rank_eps,
       w.data_ptr<double>(), kind == 2 ? nullptr : flag.data_ptr<bool>(),

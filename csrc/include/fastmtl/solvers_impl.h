@@ -936,22 +936,33 @@ FASTMTL_HD inline bool imtlg_weights(const double* G, int T, double* w, double* 
 // Aligned-MTL (Senushkin et al. 2023): G = V diag(lambda) V^T; keep lambda > lambda_max T
 // rank_eps; B = sqrt(sigma) V diag(lambda^-1/2) V^T over the kept ones, with sigma the
 // smallest (mode 0), lower median (1) or mean (2) kept eigenvalue; w = B 1.
+//
+// V is never formed: with G = Q Tri Q^T (Householder) and Tri = Z Lambda Z^T (implicit QL,
+// Z the product of its Givens rotations), w = Q Z c with c_k = f(lambda_k) (Z^T Q^T 1)_k.
+// Q^T 1 and Q z take O(T^2) from the reflections; Z^T y is y rotated along with the QL
+// run, and Z c is c rotated back through the logged rotations in reverse. That saves the
+// accumulation of Q and the rotation of T-long eigenvector rows, most of the work. When
+// the log overflows (or QL stalls), the full eigen-decomposition is used instead.
 // Returns the rank kept.
 // ---------------------------------------------------------------------------
-FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode, double rank_eps,
-                                          double* w, double* work) {
-  double* lambda = work;
-  double* V = lambda + T;
-  double* A = V + (int64_t)T * T;
-  double* kept = A + (int64_t)T * T;
-  symmetric_eigh(G, T, lambda, V, A, kept);
+FASTMTL_HD inline int64_t aligned_mtl_log_capacity(int T) { return 2 * (int64_t)T * T + 64; }
+
+FASTMTL_HD inline int64_t aligned_mtl_work_doubles(int T) {
+  const int64_t fast = (int64_t)T * T + 5 * (int64_t)T + 3 * aligned_mtl_log_capacity(T);
+  return fast > eig_work_doubles(T) ? fast : eig_work_doubles(T);
+}
+
+// sqrt(sigma) for the kept eigenvalues (lambda > cutoff, > 0); kept: T doubles of scratch.
+// Writes the cutoff and returns the rank (0: sigma undefined).
+FASTMTL_HD inline int aligned_mtl_scale(const double* lambda, int T, int scale_mode,
+                                        double rank_eps, double* kept, double* cutoff,
+                                        double* root_sigma) {
   double lmax = 0.0;
   for (int k = 0; k < T; ++k) lmax = fmax(lmax, lambda[k]);
-  const double cutoff = lmax * T * rank_eps;
+  *cutoff = lmax * T * rank_eps;
   int rank = 0;
   for (int k = 0; k < T; ++k)
-    if (lambda[k] > cutoff && lambda[k] > 0.0) kept[rank++] = lambda[k];
-  for (int i = 0; i < T; ++i) w[i] = 0.0;
+    if (lambda[k] > *cutoff && lambda[k] > 0.0) kept[rank++] = lambda[k];
   if (rank == 0) return 0;
   for (int a = 1; a < rank; ++a)  // insertion sort: rank <= T is small
     for (int b = a; b > 0 && kept[b - 1] > kept[b]; --b) {
@@ -967,7 +978,22 @@ FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode
     for (int k = 0; k < rank; ++k) sigma += kept[k];
     sigma /= rank;
   }
-  const double root_sigma = sqrt(sigma);
+  *root_sigma = sqrt(sigma);
+  return rank;
+}
+
+// The same weights from the explicit eigenvectors (workspace: eig_work_doubles).
+FASTMTL_HD inline int aligned_mtl_weights_eigh(const double* G, int T, int scale_mode,
+                                               double rank_eps, double* w, double* work) {
+  double* lambda = work;
+  double* V = lambda + T;
+  double* A = V + (int64_t)T * T;
+  double* kept = A + (int64_t)T * T;
+  symmetric_eigh(G, T, lambda, V, A, kept);
+  double cutoff = 0.0, root_sigma = 0.0;
+  const int rank = aligned_mtl_scale(lambda, T, scale_mode, rank_eps, kept, &cutoff, &root_sigma);
+  for (int i = 0; i < T; ++i) w[i] = 0.0;
+  if (rank == 0) return 0;
   for (int k = 0; k < T; ++k) {
     if (!(lambda[k] > cutoff && lambda[k] > 0.0)) continue;
     double v1 = 0.0;
@@ -975,6 +1001,43 @@ FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode
     const double coef = root_sigma * v1 / sqrt(lambda[k]);
     for (int i = 0; i < T; ++i) w[i] += coef * V[(int64_t)i * T + k];
   }
+  return rank;
+}
+
+// workspace: aligned_mtl_work_doubles(T)
+FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode, double rank_eps,
+                                          double* w, double* work) {
+  double* a = work;
+  double* h = a + (int64_t)T * T;
+  double* d = h + T;
+  double* e = d + T;
+  double* y = e + T;
+  double* kept = y + T;
+  GivensLog log{kept + T, kept + T + aligned_mtl_log_capacity(T),
+                kept + T + 2 * aligned_mtl_log_capacity(T), aligned_mtl_log_capacity(T), 0};
+  for (int64_t k = 0; k < (int64_t)T * T; ++k) a[k] = G[k];
+  householder_tridiagonal(a, T, h, e, /*store_scaled=*/false);
+  for (int i = 0; i < T; ++i) {
+    d[i] = a[(int64_t)i * T + i];
+    y[i] = 1.0;
+  }
+  for (int i = 1; i < T; ++i) e[i - 1] = e[i];
+  if (T > 0) e[T - 1] = 0.0;
+  householder_apply(a, h, T, y, /*transpose=*/true);  // Q^T 1
+  if (!implicit_ql(d, e, T, nullptr, y, &log))         // y = Z^T Q^T 1 = V^T 1
+    return aligned_mtl_weights_eigh(G, T, scale_mode, rank_eps, w, work);
+  double cutoff = 0.0, root_sigma = 0.0;
+  const int rank = aligned_mtl_scale(d, T, scale_mode, rank_eps, kept, &cutoff, &root_sigma);
+  for (int k = 0; k < T; ++k)
+    w[k] = rank > 0 && d[k] > cutoff && d[k] > 0.0 ? root_sigma * y[k] / sqrt(d[k]) : 0.0;
+  if (rank == 0) return 0;
+  for (int64_t n = log.count - 1; n >= 0; --n) {  // w <- Z w: the rotations transposed, reversed
+    const int i = (int)log.row[n];
+    const double c = log.c[n], sn = log.s[n], wi = w[i], wi1 = w[i + 1];
+    w[i] = c * wi + sn * wi1;
+    w[i + 1] = c * wi1 - sn * wi;
+  }
+  householder_apply(a, h, T, w, /*transpose=*/false);  // Q (Z c)
   return rank;
 }
 
