@@ -198,7 +198,7 @@ FASTMTL_INLINE void combine_block_impl(const A* w, const A* const* rows, int T, 
   constexpr int64_t kStepBytes = U * W * sizeof(A);
   int64_t k = 0;
   for (; k + U * W <= n; k += U * W) {
-    if (k < ahead_n)
+    if (k + U * W <= ahead_n)  // whole steps only: no address past the next block
       for (int t = 0; t < T; ++t) {
         const char* p = reinterpret_cast<const char*>(rows[t] + k + ahead);
         for (int64_t b = 0; b < kStepBytes; b += 64) __builtin_prefetch(p + b, 0, 2);
