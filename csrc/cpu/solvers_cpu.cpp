@@ -18,8 +18,10 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define FASTMTL_SOLVERS_NS solvers_avx2
+#define FASTMTL_SOLVERS_VEC4 1
 #include "fastmtl/solvers_impl.h"
 #include "fastmtl/solvers_nash_qp.h"
+#undef FASTMTL_SOLVERS_VEC4
 #undef FASTMTL_SOLVERS_NS
 #pragma GCC pop_options
 #define FASTMTL_SOLVE(NAME, ...)                                                      \

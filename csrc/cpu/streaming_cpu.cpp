@@ -257,6 +257,7 @@ using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 constexpr int kPrefetchRows = 16;
 template <typename S>
 inline void prefetch_next(const S* base, int64_t ld, int T, int64_t col, int64_t n) {
+  if (n <= 0) return;  // the last block: nothing after it
   for (int t = 0; t < T; ++t) {
     const char* p = reinterpret_cast<const char*>(base + t * ld + col);
     for (int64_t b = 0; b < n * (int64_t)sizeof(S); b += 64) __builtin_prefetch(p + b, 0, 2);
