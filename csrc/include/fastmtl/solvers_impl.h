@@ -53,6 +53,39 @@ FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
 
 constexpr double kEps64 = 2.220446049250313e-16;
 
+// out[r] = a . b_r over n entries for four rows b_r at once: a is loaded once for the four,
+// and the four sums are independent chains.
+#if defined(__CUDA_ARCH__) || !defined(__GNUC__)
+FASTMTL_HD inline void dot4(const double* a, const double* const* b, int n, double* out) {
+  for (int r = 0; r < 4; ++r) out[r] = dot(a, b[r], n);
+}
+#else
+FASTMTL_HD inline void dot4(const double* a, const double* const* b, int n, double* out) {
+#if defined(__AVX__) || defined(FASTMTL_SOLVERS_VEC4)
+  constexpr int W = 4;
+#else
+  constexpr int W = 2;
+#endif
+  typedef double vec __attribute__((vector_size(W * sizeof(double))));
+  vec s[4] = {}, x, y;
+  int k = 0;
+  for (; k + W <= n; k += W) {
+    __builtin_memcpy(&x, a + k, sizeof(x));
+    for (int r = 0; r < 4; ++r) {
+      __builtin_memcpy(&y, b[r] + k, sizeof(y));
+      s[r] += x * y;
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    double total = 0.0;
+    for (int l = 0; l < W; ++l) total += s[r][l];
+    for (int q = k; q < n; ++q) total += a[q] * b[r][q];
+    out[r] = total;
+  }
+}
+#endif
+
+
 // sum_p a[idx[p]] * b[p]
 FASTMTL_HD inline double gather_dot(const double* a, const int* idx, const double* b, int n) {
   double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
@@ -811,20 +844,32 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
 }
 
 // Lower Cholesky factor of M - shift I into L (T x T, row-major); false where a pivot is
-// not positive.
-FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* L) {
+// not positive. Row i is formed four entries at a time: the dot products with the four
+// rows j..j+3 over k < j run together (dot4), then the small triangle is finished in order,
+// multiplying by the reciprocal pivots kept in inv (T doubles of scratch) rather than
+// dividing, as those divisions form the chain that bounds the time.
+FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* L,
+                                       double* inv) {
   for (int i = 0; i < T; ++i) {
     double* Li = L + (int64_t)i * T;
-    for (int j = 0; j <= i; ++j) {
-      const double* Lj = L + (int64_t)j * T;
-      const double s = M[(int64_t)i * T + j] - (i == j ? shift : 0.0) - dot(Li, Lj, j);
-      if (j < i) {
-        Li[j] = s / Lj[j];
-      } else {
-        if (!(s > 0.0)) return false;
-        Li[i] = sqrt(s);
+    const double* Mi = M + (int64_t)i * T;
+    int j = 0;
+    for (; j + 4 <= i; j += 4) {
+      const double* Lj[4] = {L + (int64_t)j * T, L + (int64_t)(j + 1) * T,
+                             L + (int64_t)(j + 2) * T, L + (int64_t)(j + 3) * T};
+      double sums[4];
+      dot4(Li, Lj, j, sums);
+      for (int r = 0; r < 4; ++r) {
+        double v = Mi[j + r] - sums[r];
+        for (int q = 0; q < r; ++q) v -= Li[j + q] * Lj[r][j + q];
+        Li[j + r] = v * inv[j + r];
       }
     }
+    for (; j < i; ++j) Li[j] = (Mi[j] - dot(Li, L + (int64_t)j * T, j)) * inv[j];
+    const double d = Mi[i] - shift - dot(Li, Li, i);
+    if (!(d > 0.0)) return false;
+    Li[i] = sqrt(d);
+    inv[i] = 1.0 / Li[i];
   }
   return true;
 }
@@ -900,14 +945,14 @@ FASTMTL_HD inline void psd_pinv_solve(const double* M, int T, const double* y, d
   double* tmp = A + (int64_t)T * T;
   if (T == 0) return;
   const double tau = (double)(T + 2) * (T + 2) * kEps64 * inf_norm(M, T);
-  if (tau > 0.0 && cholesky_factor(M, T, tau, V)) {
+  if (tau > 0.0 && cholesky_factor(M, T, tau, V, A)) {
     if (refined_solve(M, V, T, y, x, lambda, tmp)) return;
-    if (cholesky_factor(M, T, 0.0, V)) return cholesky_apply(V, T, y, x);
+    if (cholesky_factor(M, T, 0.0, V, A)) return cholesky_apply(V, T, y, x);
   }
   if (tridiag_ql_eigh(M, T, lambda, V, A, tmp, /*vectors=*/false)) {
     double lmin = lambda[0];
     for (int k = 1; k < T; ++k) lmin = fmin(lmin, lambda[k]);
-    if (lmin > T * kEps64 * max_abs(lambda, T) && cholesky_factor(M, T, 0.0, V))
+    if (lmin > T * kEps64 * max_abs(lambda, T) && cholesky_factor(M, T, 0.0, V, A))
       return cholesky_apply(V, T, y, x);
   }
   symmetric_eigh(M, T, lambda, V, A, tmp);
