@@ -24,13 +24,6 @@
 // The vector helpers are always inlined, so the ABI note about 256-bit returns is moot.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FASTMTL_FD_AVX2_CLONE 1
-#define FASTMTL_FD_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define FASTMTL_FD_AVX2_CLONE 0
-#define FASTMTL_FD_AVX2
-#endif
 #define FASTMTL_FD_INLINE inline __attribute__((always_inline))
 
 namespace fastmtl {
@@ -248,22 +241,20 @@ FASTMTL_FD_INLINE void sums_range(const S* const* rows, int T, int64_t k0, int64
 }
 
 // Baseline and AVX2+FMA builds of the float-lane loops, picked at run time.
-bool fd_cpu_has_avx2_fma() { return FASTMTL_FD_AVX2_CLONE && cpu_avx2_fma_enabled(); }
-
 #define FASTMTL_FD_KERNELS(S)                                                                 \
   void fd_map_base(const S* const* r, int T, int64_t k0, int64_t k1, float it, float il,     \
                    float* o) {                                                                \
     map_range<S, float, true>(r, T, k0, k1, it, il, o);                                       \
   }                                                                                           \
-  FASTMTL_FD_AVX2 void fd_map_avx2(const S* const* r, int T, int64_t k0, int64_t k1,         \
-                                   float it, float il, float* o) {                           \
+  FASTMTL_CPU_AVX2 void fd_map_avx2(const S* const* r, int T, int64_t k0, int64_t k1,        \
+                                    float it, float il, float* o) {                          \
     map_range<S, float, true>(r, T, k0, k1, it, il, o);                                       \
   }                                                                                           \
   void fd_sums_base(const S* const* r, int T, int64_t k0, int64_t k1, float it, double* s) { \
     sums_range<S, float, true>(r, T, k0, k1, it, s);                                          \
   }                                                                                           \
-  FASTMTL_FD_AVX2 void fd_sums_avx2(const S* const* r, int T, int64_t k0, int64_t k1,        \
-                                    float it, double* s) {                                    \
+  FASTMTL_CPU_AVX2 void fd_sums_avx2(const S* const* r, int T, int64_t k0, int64_t k1,       \
+                                     float it, double* s) {                                   \
     sums_range<S, float, true>(r, T, k0, k1, it, s);                                          \
   }
 
@@ -274,13 +265,13 @@ FASTMTL_FD_KERNELS(c10::BFloat16)
 template <typename S>
 void fd_map_lanes(const S* const* r, int T, int64_t k0, int64_t k1, float it, float il,
                   float* o) {
-  fd_cpu_has_avx2_fma() ? fd_map_avx2(r, T, k0, k1, it, il, o)
-                        : fd_map_base(r, T, k0, k1, it, il, o);
+  cpu_avx2_fma_enabled() ? fd_map_avx2(r, T, k0, k1, it, il, o)
+                         : fd_map_base(r, T, k0, k1, it, il, o);
 }
 
 template <typename S>
 void fd_sums_lanes(const S* const* r, int T, int64_t k0, int64_t k1, float it, double* s) {
-  fd_cpu_has_avx2_fma() ? fd_sums_avx2(r, T, k0, k1, it, s) : fd_sums_base(r, T, k0, k1, it, s);
+  cpu_avx2_fma_enabled() ? fd_sums_avx2(r, T, k0, k1, it, s) : fd_sums_base(r, T, k0, k1, it, s);
 }
 
 template <typename S>

@@ -23,13 +23,8 @@
 #include "cpu_features.h"
 #include "fastmtl/philox.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if FASTMTL_CPU_AVX2_CLONE
 #include <immintrin.h>
-#define FASTMTL_GD_AVX2_CLONE 1
-#define FASTMTL_GD_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define FASTMTL_GD_AVX2_CLONE 0
-#define FASTMTL_GD_AVX2
 #endif
 #define FASTMTL_GD_INLINE inline __attribute__((always_inline))
 
@@ -84,9 +79,9 @@ FASTMTL_GD_INLINE void block_uniforms_generic(const GradDropArgs& a, int64_t d0,
   }
 }
 
-#if FASTMTL_GD_AVX2_CLONE
+#if FASTMTL_CPU_AVX2_CLONE
 // philox_to_unit on eight words
-FASTMTL_GD_AVX2 FASTMTL_GD_INLINE __m256 to_unit_avx2(__m256i x) {
+FASTMTL_CPU_AVX2 FASTMTL_GD_INLINE __m256 to_unit_avx2(__m256i x) {
   const __m256 f = _mm256_cvtepi32_ps(_mm256_srli_epi32(x, 9));
   return _mm256_mul_ps(_mm256_add_ps(f, _mm256_set1_ps(0.5f)),
                        _mm256_set1_ps(1.1920928955078125e-07f));
@@ -96,8 +91,9 @@ FASTMTL_GD_AVX2 FASTMTL_GD_INLINE __m256 to_unit_avx2(__m256i x) {
 // (three vpmuludq each), while the words are 32-bit, so one vpmuludq is exact. The 4x4
 // transpose and the conversion to (0, 1) are done in registers too. Not inlined: a function
 // without the AVX2 target sits between it and the AVX2 clone (one call per block).
-FASTMTL_GD_AVX2 __attribute__((noinline)) void block_uniforms_avx2(const GradDropArgs& a, int64_t d0,
-                                                           int64_t m, float* u) {
+FASTMTL_CPU_AVX2 __attribute__((noinline)) void block_uniforms_avx2(const GradDropArgs& a,
+                                                                  int64_t d0, int64_t m,
+                                                                  float* u) {
   const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
   const __m256i lo32 = _mm256_set1_epi64x(0xffffffffu);
   for (int64_t i = 0; i < m; i += 16) {
@@ -140,7 +136,7 @@ FASTMTL_GD_AVX2 __attribute__((noinline)) void block_uniforms_avx2(const GradDro
 
 template <bool kAvx2>
 FASTMTL_GD_INLINE void block_uniforms(const GradDropArgs& a, int64_t d0, int64_t m, float* u) {
-#if FASTMTL_GD_AVX2_CLONE
+#if FASTMTL_CPU_AVX2_CLONE
   if constexpr (kAvx2) return block_uniforms_avx2(a, d0, m, u);
 #endif
   block_uniforms_generic(a, d0, m, u);
@@ -302,9 +298,9 @@ void blocks_range(const S* J, const S* src, const A* leak, const GradDropArgs& a
   blocks_range_body<S, A, false>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
 }
 
-#if FASTMTL_GD_AVX2_CLONE
+#if FASTMTL_CPU_AVX2_CLONE
 template <typename S, typename A>
-FASTMTL_GD_AVX2 void blocks_range_avx2(const S* J, const S* src, const A* leak,
+FASTMTL_CPU_AVX2 void blocks_range_avx2(const S* J, const S* src, const A* leak,
                                        const GradDropArgs& a, bool has_leak, int64_t c0,
                                        int64_t c1, S* out, bool accumulate) {
   blocks_range_body<S, A, true>(J, src, leak, a, has_leak, c0, c1, out, accumulate);
@@ -333,11 +329,11 @@ void graddrop_typed(const at::Tensor& J, const at::Tensor& leak, const at::Tenso
   const S* src = purity.has_value() ? purity->data_ptr<S>() : j;
   S* o = out.data_ptr<S>();
   const int64_t chunks = (D + kBlock - 1) / kBlock;
-#if FASTMTL_GD_AVX2_CLONE
+#if FASTMTL_CPU_AVX2_CLONE
   const bool avx2 = cpu_avx2_fma_enabled();
 #endif
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-#if FASTMTL_GD_AVX2_CLONE
+#if FASTMTL_CPU_AVX2_CLONE
     if (avx2)
       return blocks_range_avx2<S, A>(j, src, k.data(), a, has_leak, c0, c1, o, accumulate);
 #endif

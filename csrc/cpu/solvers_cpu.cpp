@@ -14,7 +14,7 @@
 // updates of the factorisations 4-wide there, against 2-wide for the x86-64 baseline.
 // Only the header-only solvers go in the target region, so nothing shared with ATen
 // (whose inline functions would otherwise be compiled for AVX2 too) ends up in it.
-#if defined(__x86_64__) && defined(__GNUC__)
+#if FASTMTL_CPU_AVX2_CLONE
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define FASTMTL_SOLVERS_NS solvers_avx2

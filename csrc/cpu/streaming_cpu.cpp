@@ -15,16 +15,6 @@
 #include "../ops_common.h"
 #include "cpu_features.h"
 
-// The hot loops are compiled twice, for the baseline ISA and for AVX2+FMA, and the
-// second is picked at run time where the CPU has it. (target_clones with arch=
-// would block inlining of ordinary helpers into the clone.)
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FASTMTL_HAS_AVX2_CLONE 1
-#define FASTMTL_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define FASTMTL_HAS_AVX2_CLONE 0
-#define FASTMTL_AVX2
-#endif
 #define FASTMTL_INLINE inline __attribute__((always_inline))
 
 namespace fastmtl {
@@ -216,7 +206,6 @@ FASTMTL_INLINE void combine_block_impl(const A* w, const A* const* rows, int T, 
   }
 }
 
-bool cpu_has_avx2_fma() { return FASTMTL_HAS_AVX2_CLONE && cpu_avx2_fma_enabled(); }
 
 // Baseline and AVX2 entry points for one accumulator type A.
 #define FASTMTL_DEFINE_BLOCK_KERNELS(A)                                                    \
@@ -224,27 +213,28 @@ bool cpu_has_avx2_fma() { return FASTMTL_HAS_AVX2_CLONE && cpu_avx2_fma_enabled(
                        int64_t ahead_n) {                                                  \
     gram_block_impl<A>(rows, T, n, G, ahead, ahead_n);                                     \
   }                                                                                        \
-  FASTMTL_AVX2 void gram_block_avx2(const A* const* rows, int T, int64_t n, double* G,    \
-                                    int64_t ahead, int64_t ahead_n) {                      \
+  FASTMTL_CPU_AVX2 void gram_block_avx2(const A* const* rows, int T, int64_t n, double* G, \
+                                        int64_t ahead, int64_t ahead_n) {                  \
     gram_block_impl<A>(rows, T, n, G, ahead, ahead_n);                                     \
   }                                                                                        \
   void gram_block(const A* const* rows, int T, int64_t n, double* G, int64_t ahead,        \
                   int64_t ahead_n) {                                                       \
-    cpu_has_avx2_fma() ? gram_block_avx2(rows, T, n, G, ahead, ahead_n)                    \
-                       : gram_block_base(rows, T, n, G, ahead, ahead_n);                   \
+    cpu_avx2_fma_enabled() ? gram_block_avx2(rows, T, n, G, ahead, ahead_n)                \
+                           : gram_block_base(rows, T, n, G, ahead, ahead_n);               \
   }                                                                                        \
-  void combine_block_base(const A* w, const A* const* rows, int T, int64_t n, A* acc,     \
+  void combine_block_base(const A* w, const A* const* rows, int T, int64_t n, A* acc,      \
                           int64_t ahead, int64_t ahead_n) {                                \
     combine_block_impl<A>(w, rows, T, n, acc, ahead, ahead_n);                             \
   }                                                                                        \
-  FASTMTL_AVX2 void combine_block_avx2(const A* w, const A* const* rows, int T, int64_t n, \
-                                       A* acc, int64_t ahead, int64_t ahead_n) {           \
+  FASTMTL_CPU_AVX2 void combine_block_avx2(const A* w, const A* const* rows, int T,        \
+                                           int64_t n, A* acc, int64_t ahead,               \
+                                           int64_t ahead_n) {                              \
     combine_block_impl<A>(w, rows, T, n, acc, ahead, ahead_n);                             \
   }                                                                                        \
   void combine_block(const A* w, const A* const* rows, int T, int64_t n, A* acc,           \
                      int64_t ahead, int64_t ahead_n) {                                     \
-    cpu_has_avx2_fma() ? combine_block_avx2(w, rows, T, n, acc, ahead, ahead_n)            \
-                       : combine_block_base(w, rows, T, n, acc, ahead, ahead_n);           \
+    cpu_avx2_fma_enabled() ? combine_block_avx2(w, rows, T, n, acc, ahead, ahead_n)        \
+                           : combine_block_base(w, rows, T, n, acc, ahead, ahead_n);       \
   }
 
 FASTMTL_DEFINE_BLOCK_KERNELS(float)
