@@ -5,10 +5,14 @@
 namespace fastmtl {
 namespace FASTMTL_SOLVERS_NS {
 
+constexpr double kEps64 = 2.220446049250313e-16;
+
 // Dot products with several partial sums: a single running sum would serialise every
 // multiply-add on the adder's latency, which dominates these small solves. On the host
-// the partial sums are the lanes of two 4-wide vectors (GCC keeps scalar sums scalar, as
-// it may not reorder them); on the device, four scalars. The two differ by rounding only.
+// the partial sums are vector lanes (GCC keeps scalar sums scalar, as it may not reorder
+// them); on the device, four scalars. The two differ by rounding only. dot4 forms four
+// dot products a . b_r at once: a is loaded once for the four, and the four sums are
+// independent chains.
 #if defined(__CUDA_ARCH__) || !defined(__GNUC__)
 FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
   double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
@@ -22,69 +26,64 @@ FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
   for (; k < n; ++k) s0 += a[k] * b[k];
   return (s0 + s1) + (s2 + s3);
 }
-#else
-// 8 partial sums per step: two 4-wide vectors with AVX (one register each), four 2-wide
-// ones with SSE2 only (a 4-wide vector there would be split into halves less well).
-// FASTMTL_SOLVERS_VEC4 asks for the AVX form where the target is set by a pragma (GCC
-// does not define __AVX__ inside `#pragma GCC target` regions of C++ code).
-FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
-#if defined(__AVX__) || defined(FASTMTL_SOLVERS_VEC4)
-  constexpr int W = 4;
-#else
-  constexpr int W = 2;
-#endif
-  constexpr int R = 8 / W;
-  typedef double vec __attribute__((vector_size(W * sizeof(double))));
-  vec s[R] = {}, x, y;
-  int k = 0;
-  for (; k + 8 <= n; k += 8)
-    for (int r = 0; r < R; ++r) {
-      __builtin_memcpy(&x, a + k + r * W, sizeof(x));
-      __builtin_memcpy(&y, b + k + r * W, sizeof(y));
-      s[r] += x * y;
-    }
-  for (int r = 1; r < R; ++r) s[0] += s[r];
-  double total = 0.0;
-  for (int l = 0; l < W; ++l) total += s[0][l];
-  for (; k < n; ++k) total += a[k] * b[k];
-  return total;
-}
-#endif
 
-constexpr double kEps64 = 2.220446049250313e-16;
-
-// out[r] = a . b_r over n entries for four rows b_r at once: a is loaded once for the four,
-// and the four sums are independent chains.
-#if defined(__CUDA_ARCH__) || !defined(__GNUC__)
 FASTMTL_HD inline void dot4(const double* a, const double* const* b, int n, double* out) {
   for (int r = 0; r < 4; ++r) out[r] = dot(a, b[r], n);
 }
 #else
-FASTMTL_HD inline void dot4(const double* a, const double* const* b, int n, double* out) {
+// 4-wide vectors with AVX (one register each), 2-wide with SSE2 only (a 4-wide vector
+// there would be split into halves less well). FASTMTL_SOLVERS_VEC4 asks for the AVX form
+// where the target is set by a pragma (GCC does not define __AVX__ inside `#pragma GCC
+// target` regions of C++ code).
 #if defined(__AVX__) || defined(FASTMTL_SOLVERS_VEC4)
-  constexpr int W = 4;
+constexpr int kLanes = 4;
 #else
-  constexpr int W = 2;
+constexpr int kLanes = 2;
 #endif
-  typedef double vec __attribute__((vector_size(W * sizeof(double))));
-  vec s[4] = {}, x, y;
+typedef double lanes_t __attribute__((vector_size(kLanes * sizeof(double))));
+
+FASTMTL_HD inline lanes_t load_lanes(const double* p) {
+  lanes_t v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+FASTMTL_HD inline double sum_lanes(lanes_t v) {
+  double total = 0.0;
+  for (int l = 0; l < kLanes; ++l) total += v[l];
+  return total;
+}
+
+// 8 partial sums per step
+FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
+  constexpr int R = 8 / kLanes;
+  lanes_t s[R] = {};
   int k = 0;
-  for (; k + W <= n; k += W) {
-    __builtin_memcpy(&x, a + k, sizeof(x));
-    for (int r = 0; r < 4; ++r) {
-      __builtin_memcpy(&y, b[r] + k, sizeof(y));
-      s[r] += x * y;
+  for (; k + 8 <= n; k += 8)
+    for (int r = 0; r < R; ++r) {
+      const int q = k + r * kLanes;
+      s[r] += load_lanes(a + q) * load_lanes(b + q);
     }
+  for (int r = 1; r < R; ++r) s[0] += s[r];
+  double total = sum_lanes(s[0]);
+  for (; k < n; ++k) total += a[k] * b[k];
+  return total;
+}
+
+FASTMTL_HD inline void dot4(const double* a, const double* const* b, int n, double* out) {
+  lanes_t s[4] = {};
+  int k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    const lanes_t x = load_lanes(a + k);
+    for (int r = 0; r < 4; ++r) s[r] += x * load_lanes(b[r] + k);
   }
   for (int r = 0; r < 4; ++r) {
-    double total = 0.0;
-    for (int l = 0; l < W; ++l) total += s[r][l];
+    double total = sum_lanes(s[r]);
     for (int q = k; q < n; ++q) total += a[q] * b[r][q];
     out[r] = total;
   }
 }
 #endif
-
 
 // sum_p a[idx[p]] * b[p]
 FASTMTL_HD inline double gather_dot(const double* a, const int* idx, const double* b, int n) {
