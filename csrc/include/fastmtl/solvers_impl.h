@@ -842,11 +842,12 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
   return m;
 }
 
-// Lower Cholesky factor of M - shift I into L (T x T, row-major); false where a pivot is
-// not positive. Row i is formed four entries at a time: the dot products with the four
-// rows j..j+3 over k < j run together (dot4), then the small triangle is finished in order,
-// multiplying by the reciprocal pivots kept in inv (T doubles of scratch) rather than
-// dividing, as those divisions form the chain that bounds the time.
+// Lower Cholesky factor of M - shift I into L (T x T, row-major; L may be M, whose lower
+// triangle it then overwrites); false where a pivot is not positive. Row i is formed four
+// entries at a time: the dot products with the four rows j..j+3 over k < j run together
+// (dot4), then the small triangle is finished in order, multiplying by the reciprocal
+// pivots kept in inv (T doubles of scratch) rather than dividing, as those divisions form
+// the chain that bounds the time.
 FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* L,
                                        double* inv) {
   for (int i = 0; i < T; ++i) {

@@ -8,35 +8,6 @@
 namespace fastmtl {
 namespace FASTMTL_SOLVERS_NS {
 
-// In-place lower Cholesky factor of the row-major T x T matrix H (upper part untouched).
-// False when a pivot is not positive.
-FASTMTL_HD inline bool cholesky_in_place(double* H, int T) {
-  for (int i = 0; i < T; ++i) {
-    double* Hi = H + (int64_t)i * T;
-    for (int j = 0; j < i; ++j) {
-      const double* Hj = H + (int64_t)j * T;
-      Hi[j] = (Hi[j] - dot(Hi, Hj, j)) / Hj[j];
-    }
-    const double d = Hi[i] - dot(Hi, Hi, i);
-    if (!(d > 0.0)) return false;
-    Hi[i] = sqrt(d);
-  }
-  return true;
-}
-
-// Solves (L L^T) x = x in place, L the lower factor left by cholesky_in_place.
-FASTMTL_HD inline void cholesky_solve(const double* L, int T, double* x) {
-  for (int i = 0; i < T; ++i) {
-    const double* Li = L + (int64_t)i * T;
-    x[i] = (x[i] - dot(Li, x, i)) / Li[i];
-  }
-  for (int q = T - 1; q >= 0; --q) {
-    const double* Lq = L + (int64_t)q * T;
-    x[q] /= Lq[q];
-    for (int p = 0; p < q; ++p) x[p] -= Lq[p] * x[q];
-  }
-}
-
 // ---------------------------------------------------------------------------
 // Nash-MTL (Navon et al. 2022): alpha > 0 with G alpha = 1 / alpha (element-wise), the
 // stationary point of the self-concordant convex function
@@ -118,8 +89,10 @@ FASTMTL_HD inline bool nash_newton(const double* M, int T, double* a, double* wo
       Hi[i] += 1.0 / (a[i] * a[i]);
       step[i] = 1.0 / a[i] - Ma[i];  // -grad f
     }
-    if (!cholesky_in_place(H, T)) return false;
-    cholesky_solve(H, T, step);
+    // in place (H's lower triangle becomes its factor); trial holds the reciprocal pivots
+    // until the line search needs it
+    if (!cholesky_factor(H, T, 0.0, H, trial)) return false;
+    cholesky_apply(H, T, step, step);
     double decrement2 = 0.0;  // step^T H step = -grad^T step
     for (int i = 0; i < T; ++i) decrement2 += step[i] * (1.0 / a[i] - Ma[i]);
     if (!(decrement2 > 0.0)) return res <= tol;  // no descent left at this precision
