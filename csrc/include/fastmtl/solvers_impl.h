@@ -612,7 +612,8 @@ FASTMTL_HD inline bool jacobi_eigh(const double* G, int T, double* lambda, doubl
 // Reduces the symmetric a (row-major, in place; its lower triangle is read) to tridiagonal
 // form Q^T a Q with Q = H_{T-1} ... H_1, H_i = I - u_i u_i^T / h_i acting on coordinates
 // [0, i). Afterwards row i of a holds u_i in [0, i), a(i, i) the diagonal entry, h[i] the
-// scalar h_i (0: no reflection) and e[i] the entry coupling i - 1 and i (e[0] = 0). With
+// scalar h_i (0: no reflection) and e[k] the entry coupling k and k + 1 (e[T - 1] = 0,
+// as implicit_ql takes it). With
 // store_scaled, a(j, i) = u_i[j] / h_i above the diagonal, for householder_accumulate.
 FASTMTL_HD inline void householder_tridiagonal(double* a, int T, double* h, double* e,
                                                bool store_scaled) {
@@ -669,10 +670,9 @@ FASTMTL_HD inline void householder_tridiagonal(double* a, int T, double* h, doub
     }
     h[i] = hi;
   }
-  if (T > 0) {
-    h[0] = 0.0;
-    e[0] = 0.0;
-  }
+  if (T > 0) h[0] = 0.0;
+  for (int i = 1; i < T; ++i) e[i - 1] = e[i];  // e[i] coupled i - 1 and i above
+  if (T > 0) e[T - 1] = 0.0;
 }
 
 // Overwrites a (reduced with store_scaled) with Q and writes the diagonal into d; h may
@@ -809,8 +809,6 @@ FASTMTL_HD inline bool tridiag_ql_eigh(const double* G, int T, double* lambda, d
   } else {
     for (int i = 0; i < T; ++i) d[i] = a[(int64_t)i * T + i];
   }
-  for (int i = 1; i < T; ++i) e[i - 1] = e[i];
-  if (T > 0) e[T - 1] = 0.0;
   const bool ok = implicit_ql(d, e, T, vectors ? A : nullptr, nullptr, nullptr);
   for (int i = 0; i < T && vectors && ok; ++i)
     for (int k = 0; k < T; ++k) V[(int64_t)k * T + i] = A[(int64_t)i * T + k];
@@ -1073,8 +1071,6 @@ FASTMTL_HD inline int aligned_mtl_weights(const double* G, int T, int scale_mode
     d[i] = a[(int64_t)i * T + i];
     y[i] = 1.0;
   }
-  for (int i = 1; i < T; ++i) e[i - 1] = e[i];
-  if (T > 0) e[T - 1] = 0.0;
   householder_apply(a, h, T, y, /*transpose=*/true);  // Q^T 1
   if (!implicit_ql(d, e, T, nullptr, y, &log))         // y = Z^T Q^T 1 = V^T 1
     return aligned_mtl_weights_eigh(G, T, scale_mode, rank_eps, w, work);
