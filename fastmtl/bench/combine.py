@@ -77,14 +77,16 @@ def _sync(device: torch.device) -> None:
 
 
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1,
-              budget_s: float = 20.0) -> float:
-    """Median wall time of ``fn`` in seconds (stops early once ``budget_s`` is spent)."""
+              budget_s: float = 20.0, min_time_s: float = 0.0) -> float:
+    """Median wall time of ``fn`` in seconds over at least ``repeats`` calls, and more until
+    ``min_time_s`` is spent (so that calls of tens of microseconds get a steady median);
+    stops early once ``budget_s`` is spent."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times: list[float] = []
     start = time.perf_counter()
-    for _ in range(repeats):
+    while len(times) < repeats or time.perf_counter() - start < min_time_s:
         t0 = time.perf_counter()
         fn()
         _sync(device)
@@ -216,12 +218,13 @@ def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = 
             continue
         comb = make_combiner(m)
         weights = partial(comb.weights, G, generator=torch.Generator().manual_seed(0))
-        row = SolverRow(m, T, time_call(weights, cpu, repeats) * 1e3)
+        row = SolverRow(m, T, time_call(weights, cpu, repeats, warmup=3, min_time_s=0.2) * 1e3)
         name = TORCHJD_MATCH[m][1]
         peer = _make_peer(agg, name, TORCHJD_MATCH[m][2], T) if agg else None
         if peer is not None:  # NashMTL: the aggregator on J (it has no Weighting)
             arg = J if name == "NashMTL" else G
-            t_peer = time_call(partial(peer, arg), cpu, max(1, repeats // 2), budget_s=10.0)
+            t_peer = time_call(partial(peer, arg), cpu, max(1, repeats // 2), warmup=2,
+                               budget_s=10.0, min_time_s=0.2)
             row.torchjd_ms = t_peer * 1e3
         rows.append(row)
     return rows
@@ -250,12 +253,12 @@ def format_combine_table(rows: list[CombineRow]) -> str:
 
 
 def format_solver_table(rows: list[SolverRow]) -> str:
-    lines = [f"{'method':>8} {'T':>4} {'fastmtl ms':>11} {'torchjd ms':>11} {'speed-up':>9}",
-             "-" * 47]
+    lines = [f"{'method':>10} {'T':>4} {'fastmtl ms':>11} {'torchjd ms':>11} {'speed-up':>9}",
+             "-" * 49]
     for r in rows:
         tj = f"{r.torchjd_ms:>11.2f}" if r.torchjd_ms is not None else f"{'-':>11}"
         sp = f"{r.speedup:>8.0f}x" if r.speedup is not None else f"{'-':>9}"
-        lines.append(f"{r.method:>8} {r.T:>4} {r.fastmtl_ms:>11.3f} {tj} {sp}")
+        lines.append(f"{r.method:>10} {r.T:>4} {r.fastmtl_ms:>11.3f} {tj} {sp}")
     return "\n".join(lines)
 
 

@@ -10,9 +10,8 @@ constexpr double kEps64 = 2.220446049250313e-16;
 // Dot products with several partial sums: a single running sum would serialise every
 // multiply-add on the adder's latency, which dominates these small solves. On the host
 // the partial sums are vector lanes (GCC keeps scalar sums scalar, as it may not reorder
-// them); on the device, four scalars. The two differ by rounding only. dot4 forms four
-// dot products a . b_r at once: a is loaded once for the four, and the four sums are
-// independent chains.
+// them); on the device, four scalars. The two differ by rounding only. dots_4x1 forms
+// the dot products of four rows with one vector at once, loading the vector once.
 #if defined(__CUDA_ARCH__) || !defined(__GNUC__)
 FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
   double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
@@ -27,8 +26,8 @@ FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
   return (s0 + s1) + (s2 + s3);
 }
 
-FASTMTL_HD inline void dot4(const double* a, const double* const* b, int n, double* out) {
-  for (int r = 0; r < 4; ++r) out[r] = dot(a, b[r], n);
+FASTMTL_HD inline void dots_4x1(const double* const* a, const double* b, int n, double* out) {
+  for (int r = 0; r < 4; ++r) out[r] = dot(a[r], b, n);
 }
 #else
 // 4-wide vectors with AVX (one register each), 2-wide with SSE2 only (a 4-wide vector
@@ -70,19 +69,31 @@ FASTMTL_HD inline double dot(const double* a, const double* b, int n) {
   return total;
 }
 
-FASTMTL_HD inline void dot4(const double* a, const double* const* b, int n, double* out) {
-  lanes_t s[4] = {};
+// out[r] = a_r . b for four rows a_r: b is loaded once for the four, and two steps at a
+// time keep 8 independent sums.
+FASTMTL_HD inline void dots_4x1(const double* const* a, const double* b, int n, double* out) {
+  lanes_t s0 = {}, s1 = {}, s2 = {}, s3 = {}, t0 = {}, t1 = {}, t2 = {}, t3 = {};
+  const double *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
   int k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    const lanes_t x = load_lanes(a + k);
-    for (int r = 0; r < 4; ++r) s[r] += x * load_lanes(b[r] + k);
+  for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
+    const lanes_t y = load_lanes(b + k), z = load_lanes(b + k + kLanes);
+    s0 += load_lanes(a0 + k) * y;
+    s1 += load_lanes(a1 + k) * y;
+    s2 += load_lanes(a2 + k) * y;
+    s3 += load_lanes(a3 + k) * y;
+    t0 += load_lanes(a0 + k + kLanes) * z;
+    t1 += load_lanes(a1 + k + kLanes) * z;
+    t2 += load_lanes(a2 + k + kLanes) * z;
+    t3 += load_lanes(a3 + k + kLanes) * z;
   }
+  const lanes_t sums[4] = {s0 + t0, s1 + t1, s2 + t2, s3 + t3};
   for (int r = 0; r < 4; ++r) {
-    double total = sum_lanes(s[r]);
-    for (int q = k; q < n; ++q) total += a[q] * b[r][q];
+    double total = sum_lanes(sums[r]);
+    for (int q = k; q < n; ++q) total += a[r][q] * b[q];
     out[r] = total;
   }
 }
+
 #endif
 
 // sum_p a[idx[p]] * b[p]
@@ -840,65 +851,177 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
   return m;
 }
 
-// Lower Cholesky factor of M - shift I into L (T x T, row-major; L may be M, whose lower
-// triangle it then overwrites); false where a pivot is not positive. Row i is formed four
-// entries at a time: the dot products with the four rows j..j+3 over k < j run together
-// (dot4), then the small triangle is finished in order, multiplying by the reciprocal
-// pivots kept in inv (T doubles of scratch) rather than dividing, as those divisions form
-// the chain that bounds the time.
-FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* L,
-                                       double* inv) {
-  for (int i = 0; i < T; ++i) {
-    double* Li = L + (int64_t)i * T;
-    const double* Mi = M + (int64_t)i * T;
-    int j = 0;
-    for (; j + 4 <= i; j += 4) {
-      const double* Lj[4] = {L + (int64_t)j * T, L + (int64_t)(j + 1) * T,
-                             L + (int64_t)(j + 2) * T, L + (int64_t)(j + 3) * T};
-      double sums[4];
-      dot4(Li, Lj, j, sums);
+// The Cholesky factor is upper, M - shift I = U^T U with U row-major: row j of U is
+// column j of the lower factor, so a panel of four rows of U is updated by contiguous
+// vectors of the rows above it (axpy form, no horizontal sums).
+//
+// Update of panel rows j0 .. j0 + 3 (all below T) at column i by the rows of U above:
+// U[j0 + r][i] = M[j0 + r][i] - sum_{k < j0} U[k][j0 + r] U[k][i].
+FASTMTL_HD inline void cholesky_update_column(const double* M, double* U, int T, int j0, int i) {
+  double v[4];
+  for (int r = 0; r < 4; ++r) v[r] = M[(int64_t)(j0 + r) * T + i];
+  for (int k = 0; k < j0; ++k) {
+    const double* Uk = U + (int64_t)k * T;
+    for (int r = 0; r < 4; ++r) v[r] -= Uk[j0 + r] * Uk[i];
+  }
+  for (int r = 0; r < 4; ++r) U[(int64_t)(j0 + r) * T + i] = v[r];
+}
+
+#if defined(__CUDA_ARCH__) || !defined(__GNUC__)
+FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, int j0) {
+  for (int i = j0; i < T; ++i) cholesky_update_column(M, U, T, j0, i);
+}
+#else
+// Columns j0 .. T - 1, 2 kLanes at a time: each row above loads 2 vectors and broadcasts
+// 4 entries for 8 multiply-adds into 8 independent sums.
+FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, int j0) {
+  constexpr int W = 2 * kLanes;
+  int i = j0;
+  for (; i + W <= T; i += W) {
+    lanes_t lo[4], hi[4];
+    for (int r = 0; r < 4; ++r) {
+      lo[r] = load_lanes(M + (int64_t)(j0 + r) * T + i);
+      hi[r] = load_lanes(M + (int64_t)(j0 + r) * T + i + kLanes);
+    }
+    for (int k = 0; k < j0; ++k) {
+      const double* Uk = U + (int64_t)k * T;
+      const lanes_t x0 = load_lanes(Uk + i), x1 = load_lanes(Uk + i + kLanes);
       for (int r = 0; r < 4; ++r) {
-        double v = Mi[j + r] - sums[r];
-        for (int q = 0; q < r; ++q) v -= Li[j + q] * Lj[r][j + q];
-        Li[j + r] = v * inv[j + r];
+        const double b = Uk[j0 + r];
+        lo[r] -= b * x0;
+        hi[r] -= b * x1;
       }
     }
-    for (; j < i; ++j) Li[j] = (Mi[j] - dot(Li, L + (int64_t)j * T, j)) * inv[j];
-    const double d = Mi[i] - shift - dot(Li, Li, i);
-    if (!(d > 0.0)) return false;
-    Li[i] = sqrt(d);
-    inv[i] = 1.0 / Li[i];
+    for (int r = 0; r < 4; ++r) {
+      __builtin_memcpy(U + (int64_t)(j0 + r) * T + i, &lo[r], sizeof(lanes_t));
+      __builtin_memcpy(U + (int64_t)(j0 + r) * T + i + kLanes, &hi[r], sizeof(lanes_t));
+    }
+  }
+  for (; i < T; ++i) cholesky_update_column(M, U, T, j0, i);
+}
+#endif
+
+// Upper Cholesky factor U of M - shift I (T x T, row-major, M symmetric: of M only the
+// upper triangle and the 4 x 4 diagonal blocks are read; U may be M, and its entries below
+// the diagonal are left alone outside those blocks and are scratch inside them). False
+// where a pivot is not positive. Panels of four rows: the update by the rows above
+// (cholesky_update_panel, most of the work), the factor of the small diagonal block, then
+// the panel's rows to its right solved against that block. inv: T doubles of scratch,
+// the reciprocal pivots, so that the panel multiplies rather than divides.
+FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* U,
+                                       double* inv) {
+  for (int j0 = 0; j0 < T; j0 += 4) {
+    const int nb = T - j0 < 4 ? T - j0 : 4;
+    if (nb == 4) {
+      cholesky_update_panel(M, U, T, j0);
+    } else {  // the last, short panel: its diagonal block alone
+      for (int r = 0; r < nb; ++r)
+        for (int c = r; c < nb; ++c) {
+          double v = M[(int64_t)(j0 + r) * T + j0 + c];
+          for (int k = 0; k < j0; ++k) v -= U[(int64_t)k * T + j0 + r] * U[(int64_t)k * T + j0 + c];
+          U[(int64_t)(j0 + r) * T + j0 + c] = v;
+        }
+    }
+    double P[4][4];  // P[r][q] = U[j0 + q][j0 + r], the diagonal block's factor, transposed
+    for (int r = 0; r < nb; ++r) {
+      double* Ur = U + (int64_t)(j0 + r) * T + j0;
+      double d = Ur[r] - shift;
+      for (int q = 0; q < r; ++q) d -= P[r][q] * P[r][q];
+      if (!(d > 0.0)) return false;
+      Ur[r] = sqrt(d);
+      inv[j0 + r] = 1.0 / Ur[r];
+      for (int c = r + 1; c < nb; ++c) {
+        double v = Ur[c];
+        for (int q = 0; q < r; ++q) v -= P[r][q] * P[c][q];
+        Ur[c] = v * inv[j0 + r];
+        P[c][r] = Ur[c];
+      }
+    }
+    if (nb < 4) break;
+    double* Ur[4] = {U + (int64_t)j0 * T, U + (int64_t)(j0 + 1) * T, U + (int64_t)(j0 + 2) * T,
+                     U + (int64_t)(j0 + 3) * T};
+    for (int i = j0 + 4; i < T; ++i) {  // P^T X = (updated rows), column by column
+      const double x0 = Ur[0][i] * inv[j0];
+      const double x1 = (Ur[1][i] - P[1][0] * x0) * inv[j0 + 1];
+      const double x2 = (Ur[2][i] - P[2][0] * x0 - P[2][1] * x1) * inv[j0 + 2];
+      const double x3 = (Ur[3][i] - P[3][0] * x0 - P[3][1] * x1 - P[3][2] * x2) * inv[j0 + 3];
+      Ur[0][i] = x0;
+      Ur[1][i] = x1;
+      Ur[2][i] = x2;
+      Ur[3][i] = x3;
+    }
   }
   return true;
 }
 
-// x = (L L^T)^{-1} y by two triangular solves (x may be y).
-FASTMTL_HD inline void cholesky_apply(const double* L, int T, const double* y, double* x) {
-  for (int i = 0; i < T; ++i) {
-    const double* Li = L + (int64_t)i * T;
-    x[i] = (y[i] - dot(Li, x, i)) / Li[i];
+// Pointers to rows i0 .. i0 + 3 of the T x T matrix M, the first of them repeated past
+// row T - 1 (for blocks of four rows whose last block is shorter).
+FASTMTL_HD inline void block_rows(const double* M, int T, int i0, const double** rows) {
+  for (int a = 0; a < 4; ++a) rows[a] = M + (int64_t)(i0 + a < T ? i0 + a : i0) * T;
+}
+
+// x = (U^T U)^{-1} y by two triangular solves (x may be y), four rows of U at a time:
+// U^T z = y in axpy form (a block's four rows update the rest in one pass), U x = z by
+// dot products of a block's rows with the solved part, run together (dots_4x1).
+FASTMTL_HD inline void cholesky_apply(const double* U, int T, const double* y, double* x) {
+  if (x != y)
+    for (int i = 0; i < T; ++i) x[i] = y[i];
+  const double* Ub[4];
+  for (int k0 = 0; k0 < T; k0 += 4) {
+    const int nb = T - k0 < 4 ? T - k0 : 4;
+    block_rows(U, T, k0, Ub);
+    for (int r = 0; r < nb; ++r) {
+      x[k0 + r] /= Ub[r][k0 + r];
+      for (int c = r + 1; c < nb; ++c) x[k0 + c] -= Ub[r][k0 + c] * x[k0 + r];
+    }
+    if (nb < 4) break;
+    const double z0 = x[k0], z1 = x[k0 + 1], z2 = x[k0 + 2], z3 = x[k0 + 3];
+    for (int i = k0 + 4; i < T; ++i)
+      x[i] -= (Ub[0][i] * z0 + Ub[1][i] * z1) + (Ub[2][i] * z2 + Ub[3][i] * z3);
   }
-  for (int q = T - 1; q >= 0; --q) {  // L^T x = z, by rows of L
-    const double* Lq = L + (int64_t)q * T;
-    x[q] /= Lq[q];
-    for (int p = 0; p < q; ++p) x[p] -= Lq[p] * x[q];
+  for (int q0 = (T - 1) / 4 * 4; q0 >= 0; q0 -= 4) {
+    const int nb = T - q0 < 4 ? T - q0 : 4;
+    block_rows(U, T, q0, Ub);
+    const double* tail[4];
+    for (int r = 0; r < 4; ++r) tail[r] = Ub[r] + q0 + nb;
+    double s[4];
+    dots_4x1(tail, x + q0 + nb, T - q0 - nb, s);
+    for (int r = nb - 1; r >= 0; --r) {
+      double v = x[q0 + r] - s[r];
+      for (int c = r + 1; c < nb; ++c) v -= Ub[r][q0 + c] * x[q0 + c];
+      x[q0 + r] = v / Ub[r][q0 + r];
+    }
   }
 }
 
-// x = M^{-1} y by iterative refinement on the factor L of M - shift I:
+// x = M^{-1} y by iterative refinement on the factor U of M - shift I:
 //   x <- x + (M - shift I)^{-1} (y - M x),
-// whose error shrinks by shift / (lambda - shift) per step on each eigenvalue lambda of
-// M. True once a correction is below a few ulps of x, or once the corrections stop halving
-// below 1e-8 |x| (the rounding floor); false when they stop halving above that (lambda_min
-// near 2 shift, or a condition number beyond ~1e8, where a direct solve takes over).
+// whose error shrinks by rho = shift / (lambda - shift) per step on each eigenvalue lambda
+// of M. True once a correction is below a few ulps of x, or once the next one, predicted
+// from the last two (dx_k^2 / dx_{k-1}), is; or once the corrections stop halving below
+// 1e-8 |x| (the rounding floor). False when they stop halving above that (lambda_min near
+// 2 shift, or a condition number beyond ~1e8, where a direct solve takes over).
+// The prediction saves the step that would only confirm convergence. Accepting on it
+// leaves an error of at most rho / (1 - rho) |dx_k| <= rho / (1 - rho) sqrt(4 eps) |x|, a
+// few 1e-8 rho |x|, far below the cond(M) eps |x| >= rho |x| / (T + 2)^2 of a direct solve.
 // r and dx: T doubles of scratch each.
-FASTMTL_HD inline bool refined_solve(const double* M, const double* L, int T, const double* y,
+FASTMTL_HD inline bool refined_solve(const double* M, const double* U, int T, const double* y,
                                      double* x, double* r, double* dx) {
   for (int i = 0; i < T; ++i) x[i] = 0.0;
   double previous = INFINITY;
   for (int step = 0; step < 12; ++step) {
-    for (int i = 0; i < T; ++i) r[i] = y[i] - dot(M + (int64_t)i * T, x, T);
-    cholesky_apply(L, T, r, dx);
+    if (step == 0) {
+      cholesky_apply(U, T, y, dx);  // the residual of x = 0
+    } else {
+      const double* Mi[4];
+      for (int i0 = 0; i0 < T; i0 += 4) {
+        block_rows(M, T, i0, Mi);
+        double s[4];
+        dots_4x1(Mi, x, T, s);
+        for (int a = 0; a < 4 && i0 + a < T; ++a) r[i0 + a] = y[i0 + a] - s[a];
+      }
+      cholesky_apply(U, T, r, dx);
+    }
     double size = 0.0, change = 0.0;
     for (int i = 0; i < T; ++i) {
       x[i] += dx[i];
@@ -909,26 +1032,26 @@ FASTMTL_HD inline bool refined_solve(const double* M, const double* L, int T, co
     // Corrections stop halving at the rounding floor (about cond(M) eps |x|, as good as a
     // direct solve), or when lambda_min is near 2 shift (they stay large); accept the first.
     if (!(change < 0.5 * previous)) return change <= 1e-8 * size;
+    if (change * change <= 4.0 * kEps64 * size * previous) return true;
     previous = change;
   }
   return false;
 }
 
-FASTMTL_HD inline double inf_norm(const double* M, int T) {
-  double m = 0.0;
-  for (int i = 0; i < T; ++i) {
-    double row = 0.0;
-    for (int j = 0; j < T; ++j) row += fabs(M[(int64_t)i * T + j]);
-    m = fmax(m, row);
-  }
-  return m;
+// max_j sum_i |M_ij| (= ||M||_inf for symmetric M), summed down the columns so that each
+// column's sum is its own chain and a row of M is one vectorisable pass; col: T doubles.
+FASTMTL_HD inline double one_norm(const double* M, int T, double* col) {
+  for (int j = 0; j < T; ++j) col[j] = 0.0;
+  for (int i = 0; i < T; ++i)
+    for (int j = 0; j < T; ++j) col[j] += fabs(M[(int64_t)i * T + j]);
+  return max_abs(col, T);
 }
 
 // x = M^+ y for positive semi-definite M, keeping the eigenvalues above T eps max|lambda|
 // (torch.linalg.pinv's rule).
 //
 // Fast path, a certificate that every eigenvalue is kept (then M^+ = M^{-1}): the factor
-// of M - tau I with tau = (T + 2)^2 eps ||M||_inf. The computed factor is exact for
+// of M - tau I with tau = (T + 2)^2 eps ||M||_inf (= ||M||_1, as M is symmetric). The computed factor is exact for
 // M - tau I + E with ||E||_2 <= T gamma_{T+1} max_i M_ii (Cholesky's backward error), so
 // its existence gives lambda_min(M) >= tau - ||E|| >= T eps ||M||_inf >= T eps lambda_max.
 // x then comes by refinement on that factor (a few O(T^2) steps), or, if that stalls, by
@@ -942,7 +1065,7 @@ FASTMTL_HD inline void psd_pinv_solve(const double* M, int T, const double* y, d
   double* A = V + (int64_t)T * T;
   double* tmp = A + (int64_t)T * T;
   if (T == 0) return;
-  const double tau = (double)(T + 2) * (T + 2) * kEps64 * inf_norm(M, T);
+  const double tau = (double)(T + 2) * (T + 2) * kEps64 * one_norm(M, T, lambda);
   if (tau > 0.0 && cholesky_factor(M, T, tau, V, A)) {
     if (refined_solve(M, V, T, y, x, lambda, tmp)) return;
     if (cholesky_factor(M, T, 0.0, V, A)) return cholesky_apply(V, T, y, x);

@@ -85,11 +85,11 @@ FASTMTL_HD inline bool nash_newton(const double* M, int T, double* a, double* wo
     for (int i = 0; i < T; ++i) {
       const double* Mi = M + (int64_t)i * T;
       double* Hi = H + (int64_t)i * T;
-      for (int j = 0; j <= i; ++j) Hi[j] = Mi[j];
+      for (int j = i; j < T; ++j) Hi[j] = Mi[j];
       Hi[i] += 1.0 / (a[i] * a[i]);
       step[i] = 1.0 / a[i] - Ma[i];  // -grad f
     }
-    // in place (H's lower triangle becomes its factor); trial holds the reciprocal pivots
+    // in place (H's upper triangle becomes its factor); trial holds the reciprocal pivots
     // until the line search needs it
     if (!cholesky_factor(H, T, 0.0, H, trial)) return false;
     cholesky_apply(H, T, step, step);
