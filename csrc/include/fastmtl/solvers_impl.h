@@ -1032,7 +1032,7 @@ FASTMTL_HD inline bool refined_solve(const double* M, const double* U, int T, co
     // Corrections stop halving at the rounding floor (about cond(M) eps |x|, as good as a
     // direct solve), or when lambda_min is near 2 shift (they stay large); accept the first.
     if (!(change < 0.5 * previous)) return change <= 1e-8 * size;
-    if (change * change <= 4.0 * kEps64 * size * previous) return true;
+    if (step > 0 && change * change <= 4.0 * kEps64 * size * previous) return true;
     previous = change;
   }
   return false;
