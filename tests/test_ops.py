@@ -149,8 +149,9 @@ def test_symmetric_eigh_decomposes(device):
                                rtol=0, atol=1e-13 * scale)
 
 
-# T across the Cholesky factor's four-row panels and their eight-column chunks, with tails
-@pytest.mark.parametrize("T", [1, 2, 3, 5, 9, 13, 37])
+# T across the Cholesky factor's four-row panels and their eight-column chunks, with tails;
+# T = 64: rows of the factor padded apart (cholesky_ld)
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 9, 13, 37, 64])
 def test_eigen_weights_match_reference(T, device):
     G = _random_grams((2,), T, device, seed=5)
     for native, ref in [

@@ -862,26 +862,32 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
 // column j of the lower factor, so a panel of four rows of U is updated by contiguous
 // vectors of the rows above it (axpy form, no horizontal sums).
 //
+// A row stride of T = 64 k doubles maps a column of U onto few cache sets, and the update
+// walks U down its columns; cholesky_ld pads such T (by a cache line: 22 -> 26 us at
+// T = 128, where T = 130 took 22).
+FASTMTL_HD inline int cholesky_ld(int T) { return T % 64 == 0 ? T + 8 : T; }
+
 // Update of panel rows j0 .. j0 + 3 (all below T) at column i by the rows of U above:
 // U[j0 + r][i] = M[j0 + r][i] - sum_{k < j0} U[k][j0 + r] U[k][i].
-FASTMTL_HD inline void cholesky_update_column(const double* M, double* U, int T, int j0, int i) {
+FASTMTL_HD inline void cholesky_update_column(const double* M, double* U, int T, int ld, int j0,
+                                          int i) {
   double v[4];
   for (int r = 0; r < 4; ++r) v[r] = M[(int64_t)(j0 + r) * T + i];
   for (int k = 0; k < j0; ++k) {
-    const double* Uk = U + (int64_t)k * T;
+    const double* Uk = U + (int64_t)k * ld;
     for (int r = 0; r < 4; ++r) v[r] -= Uk[j0 + r] * Uk[i];
   }
-  for (int r = 0; r < 4; ++r) U[(int64_t)(j0 + r) * T + i] = v[r];
+  for (int r = 0; r < 4; ++r) U[(int64_t)(j0 + r) * ld + i] = v[r];
 }
 
 #if defined(__CUDA_ARCH__) || !defined(__GNUC__)
-FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, int j0) {
-  for (int i = j0; i < T; ++i) cholesky_update_column(M, U, T, j0, i);
+FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, int ld, int j0) {
+  for (int i = j0; i < T; ++i) cholesky_update_column(M, U, T, ld, j0, i);
 }
 #else
 // Columns j0 .. T - 1, 2 kLanes at a time: each row above loads 2 vectors and broadcasts
 // 4 entries for 8 multiply-adds into 8 independent sums.
-FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, int j0) {
+FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, int ld, int j0) {
   constexpr int W = 2 * kLanes;
   int i = j0;
   for (; i + W <= T; i += W) {
@@ -891,7 +897,7 @@ FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, 
       hi[r] = load_lanes(M + (int64_t)(j0 + r) * T + i + kLanes);
     }
     for (int k = 0; k < j0; ++k) {
-      const double* Uk = U + (int64_t)k * T;
+      const double* Uk = U + (int64_t)k * ld;
       const lanes_t x0 = load_lanes(Uk + i), x1 = load_lanes(Uk + i + kLanes);
       for (int r = 0; r < 4; ++r) {
         const double b = Uk[j0 + r];
@@ -900,38 +906,69 @@ FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, 
       }
     }
     for (int r = 0; r < 4; ++r) {
-      __builtin_memcpy(U + (int64_t)(j0 + r) * T + i, &lo[r], sizeof(lanes_t));
-      __builtin_memcpy(U + (int64_t)(j0 + r) * T + i + kLanes, &hi[r], sizeof(lanes_t));
+      __builtin_memcpy(U + (int64_t)(j0 + r) * ld + i, &lo[r], sizeof(lanes_t));
+      __builtin_memcpy(U + (int64_t)(j0 + r) * ld + i + kLanes, &hi[r], sizeof(lanes_t));
     }
   }
-  for (; i < T; ++i) cholesky_update_column(M, U, T, j0, i);
+  if (i + kLanes <= T) {  // one vector left: even and odd k in separate sums, 8 chains again
+    lanes_t even[4], odd[4];
+    for (int r = 0; r < 4; ++r) {
+      even[r] = load_lanes(M + (int64_t)(j0 + r) * T + i);
+      odd[r] = lanes_t{};
+    }
+    int k = 0;
+    for (; k + 1 < j0; k += 2) {
+      const double* Uk = U + (int64_t)k * ld;
+      const double* Uk1 = Uk + ld;
+      const lanes_t x0 = load_lanes(Uk + i), x1 = load_lanes(Uk1 + i);
+      for (int r = 0; r < 4; ++r) {
+        even[r] -= Uk[j0 + r] * x0;
+        odd[r] -= Uk1[j0 + r] * x1;
+      }
+    }
+    for (; k < j0; ++k) {
+      const double* Uk = U + (int64_t)k * ld;
+      const lanes_t x0 = load_lanes(Uk + i);
+      for (int r = 0; r < 4; ++r) even[r] -= Uk[j0 + r] * x0;
+    }
+    for (int r = 0; r < 4; ++r) {
+      const lanes_t v = even[r] + odd[r];
+      __builtin_memcpy(U + (int64_t)(j0 + r) * ld + i, &v, sizeof(lanes_t));
+    }
+    i += kLanes;
+  }
+  for (; i < T; ++i) cholesky_update_column(M, U, T, ld, j0, i);
 }
 #endif
 
 // Upper Cholesky factor U of M - shift I (T x T, row-major, M symmetric: of M only the
-// upper triangle and the 4 x 4 diagonal blocks are read; U may be M, and its entries below
-// the diagonal are left alone outside those blocks and are scratch inside them). False
+// upper triangle and the 4 x 4 diagonal blocks are read). U's rows are ld apart (ld >= T;
+// U may be M when ld = T); its entries below the diagonal are left alone outside those
+// blocks and are scratch inside them. False
 // where a pivot is not positive. Panels of four rows: the update by the rows above
 // (cholesky_update_panel, most of the work), the factor of the small diagonal block, then
 // the panel's rows to its right solved against that block. inv: T doubles of scratch,
 // the reciprocal pivots, so that the panel multiplies rather than divides.
-FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* U,
+FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* U, int ld,
                                        double* inv) {
   for (int j0 = 0; j0 < T; j0 += 4) {
     const int nb = T - j0 < 4 ? T - j0 : 4;
     if (nb == 4) {
-      cholesky_update_panel(M, U, T, j0);
+      cholesky_update_panel(M, U, T, ld, j0);
     } else {  // the last, short panel: its diagonal block alone
       for (int r = 0; r < nb; ++r)
         for (int c = r; c < nb; ++c) {
           double v = M[(int64_t)(j0 + r) * T + j0 + c];
-          for (int k = 0; k < j0; ++k) v -= U[(int64_t)k * T + j0 + r] * U[(int64_t)k * T + j0 + c];
-          U[(int64_t)(j0 + r) * T + j0 + c] = v;
+          for (int k = 0; k < j0; ++k) {
+            const double* Uk = U + (int64_t)k * ld + j0;
+            v -= Uk[r] * Uk[c];
+          }
+          U[(int64_t)(j0 + r) * ld + j0 + c] = v;
         }
     }
     double P[4][4];  // P[r][q] = U[j0 + q][j0 + r], the diagonal block's factor, transposed
     for (int r = 0; r < nb; ++r) {
-      double* Ur = U + (int64_t)(j0 + r) * T + j0;
+      double* Ur = U + (int64_t)(j0 + r) * ld + j0;
       double d = Ur[r] - shift;
       for (int q = 0; q < r; ++q) d -= P[r][q] * P[r][q];
       if (!(d > 0.0)) return false;
@@ -945,8 +982,8 @@ FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, dou
       }
     }
     if (nb < 4) break;
-    double* Ur[4] = {U + (int64_t)j0 * T, U + (int64_t)(j0 + 1) * T, U + (int64_t)(j0 + 2) * T,
-                     U + (int64_t)(j0 + 3) * T};
+    double* Ur[4] = {U + (int64_t)j0 * ld, U + (int64_t)(j0 + 1) * ld,
+                     U + (int64_t)(j0 + 2) * ld, U + (int64_t)(j0 + 3) * ld};
     for (int i = j0 + 4; i < T; ++i) {  // P^T X = (updated rows), column by column
       const double x0 = Ur[0][i] * inv[j0];
       const double x1 = (Ur[1][i] - P[1][0] * x0) * inv[j0 + 1];
@@ -961,22 +998,24 @@ FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, dou
   return true;
 }
 
-// Pointers to rows i0 .. i0 + 3 of the T x T matrix M, the first of them repeated past
-// row T - 1 (for blocks of four rows whose last block is shorter).
-FASTMTL_HD inline void block_rows(const double* M, int T, int i0, const double** rows) {
-  for (int a = 0; a < 4; ++a) rows[a] = M + (int64_t)(i0 + a < T ? i0 + a : i0) * T;
+// Pointers to rows i0 .. i0 + 3 of the matrix M of T rows ld apart, the first of them
+// repeated past row T - 1 (for blocks of four rows whose last block is shorter).
+FASTMTL_HD inline void block_rows(const double* M, int T, int ld, int i0, const double** rows) {
+  for (int a = 0; a < 4; ++a) rows[a] = M + (int64_t)(i0 + a < T ? i0 + a : i0) * ld;
 }
 
-// x = (U^T U)^{-1} y by two triangular solves (x may be y), four rows of U at a time:
+// x = (U^T U)^{-1} y by two triangular solves (x may be y; U's rows ld apart), four rows
+// of U at a time:
 // U^T z = y in axpy form (a block's four rows update the rest in one pass), U x = z by
 // dot products of a block's rows with the solved part, run together (dots_4x1).
-FASTMTL_HD inline void cholesky_apply(const double* U, int T, const double* y, double* x) {
+FASTMTL_HD inline void cholesky_apply(const double* U, int T, int ld, const double* y,
+                                      double* x) {
   if (x != y)
     for (int i = 0; i < T; ++i) x[i] = y[i];
   const double* Ub[4];
   for (int k0 = 0; k0 < T; k0 += 4) {
     const int nb = T - k0 < 4 ? T - k0 : 4;
-    block_rows(U, T, k0, Ub);
+    block_rows(U, T, ld, k0, Ub);
     for (int r = 0; r < nb; ++r) {
       x[k0 + r] /= Ub[r][k0 + r];
       for (int c = r + 1; c < nb; ++c) x[k0 + c] -= Ub[r][k0 + c] * x[k0 + r];
@@ -988,7 +1027,7 @@ FASTMTL_HD inline void cholesky_apply(const double* U, int T, const double* y, d
   }
   for (int q0 = (T - 1) / 4 * 4; q0 >= 0; q0 -= 4) {
     const int nb = T - q0 < 4 ? T - q0 : 4;
-    block_rows(U, T, q0, Ub);
+    block_rows(U, T, ld, q0, Ub);
     const double* tail[4];
     for (int r = 0; r < 4; ++r) tail[r] = Ub[r] + q0 + nb;
     double s[4];
@@ -1012,22 +1051,22 @@ FASTMTL_HD inline void cholesky_apply(const double* U, int T, const double* y, d
 // leaves an error of at most rho / (1 - rho) |dx_k| <= rho / (1 - rho) sqrt(4 eps) |x|, a
 // few 1e-8 rho |x|, far below the cond(M) eps |x| >= rho |x| / (T + 2)^2 of a direct solve.
 // r and dx: T doubles of scratch each.
-FASTMTL_HD inline bool refined_solve(const double* M, const double* U, int T, const double* y,
-                                     double* x, double* r, double* dx) {
+FASTMTL_HD inline bool refined_solve(const double* M, const double* U, int T, int ld,
+                                     const double* y, double* x, double* r, double* dx) {
   for (int i = 0; i < T; ++i) x[i] = 0.0;
   double previous = INFINITY;
   for (int step = 0; step < 12; ++step) {
     if (step == 0) {
-      cholesky_apply(U, T, y, dx);  // the residual of x = 0
+      cholesky_apply(U, T, ld, y, dx);  // the residual of x = 0
     } else {
       const double* Mi[4];
       for (int i0 = 0; i0 < T; i0 += 4) {
-        block_rows(M, T, i0, Mi);
+        block_rows(M, T, T, i0, Mi);
         double s[4];
         dots_4x1(Mi, x, T, s);
         for (int a = 0; a < 4 && i0 + a < T; ++a) r[i0 + a] = y[i0 + a] - s[a];
       }
-      cholesky_apply(U, T, r, dx);
+      cholesky_apply(U, T, ld, r, dx);
     }
     double size = 0.0, change = 0.0;
     for (int i = 0; i < T; ++i) {
@@ -1058,8 +1097,9 @@ FASTMTL_HD inline double one_norm(const double* M, int T, double* col) {
 // (torch.linalg.pinv's rule).
 //
 // Fast path, a certificate that every eigenvalue is kept (then M^+ = M^{-1}): the factor
-// of M - tau I with tau = (T + 2)^2 eps ||M||_inf (= ||M||_1, as M is symmetric). The computed factor is exact for
-// M - tau I + E with ||E||_2 <= T gamma_{T+1} max_i M_ii (Cholesky's backward error), so
+// of M - tau I with tau = (T + 2)^2 eps ||M||_inf (= ||M||_1, as M is symmetric). The
+// computed factor is exact for M - tau I + E with ||E||_2 <= T gamma_{T+1} max_i M_ii
+// (Cholesky's backward error), so
 // its existence gives lambda_min(M) >= tau - ||E|| >= T eps ||M||_inf >= T eps lambda_max.
 // x then comes by refinement on that factor (a few O(T^2) steps), or, if that stalls, by
 // a Cholesky solve with M itself. Otherwise (rank-deficient or condition number beyond
@@ -1072,16 +1112,21 @@ FASTMTL_HD inline void psd_pinv_solve(const double* M, int T, const double* y, d
   double* A = V + (int64_t)T * T;
   double* tmp = A + (int64_t)T * T;
   if (T == 0) return;
+  // The Cholesky paths: U (rows ld apart, T ld <= T^2 + 8 T doubles) over V and the start
+  // of A; the reciprocal pivots in tmp after the refinement's T doubles (the callers leave
+  // tmp 3 T doubles at least).
+  const int ld = cholesky_ld(T);
+  double* inv = tmp + T;
   const double tau = (double)(T + 2) * (T + 2) * kEps64 * one_norm(M, T, lambda);
-  if (tau > 0.0 && cholesky_factor(M, T, tau, V, A)) {
-    if (refined_solve(M, V, T, y, x, lambda, tmp)) return;
-    if (cholesky_factor(M, T, 0.0, V, A)) return cholesky_apply(V, T, y, x);
+  if (tau > 0.0 && cholesky_factor(M, T, tau, V, ld, inv)) {
+    if (refined_solve(M, V, T, ld, y, x, lambda, tmp)) return;
+    if (cholesky_factor(M, T, 0.0, V, ld, inv)) return cholesky_apply(V, T, ld, y, x);
   }
   if (tridiag_ql_eigh(M, T, lambda, V, A, tmp, /*vectors=*/false)) {
     double lmin = lambda[0];
     for (int k = 1; k < T; ++k) lmin = fmin(lmin, lambda[k]);
-    if (lmin > T * kEps64 * max_abs(lambda, T) && cholesky_factor(M, T, 0.0, V, A))
-      return cholesky_apply(V, T, y, x);
+    if (lmin > T * kEps64 * max_abs(lambda, T) && cholesky_factor(M, T, 0.0, V, ld, inv))
+      return cholesky_apply(V, T, ld, y, x);
   }
   symmetric_eigh(M, T, lambda, V, A, tmp);
   eig_pinv_apply(lambda, V, T, T * kEps64 * max_abs(lambda, T), y, x, tmp);

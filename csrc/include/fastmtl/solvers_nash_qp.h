@@ -91,8 +91,8 @@ FASTMTL_HD inline bool nash_newton(const double* M, int T, double* a, double* wo
     }
     // in place (H's upper triangle becomes its factor); trial holds the reciprocal pivots
     // until the line search needs it
-    if (!cholesky_factor(H, T, 0.0, H, trial)) return false;
-    cholesky_apply(H, T, step, step);
+    if (!cholesky_factor(H, T, 0.0, H, T, trial)) return false;
+    cholesky_apply(H, T, T, step, step);
     double decrement2 = 0.0;  // step^T H step = -grad^T step
     for (int i = 0; i < T; ++i) decrement2 += step[i] * (1.0 / a[i] - Ma[i]);
     if (!(decrement2 > 0.0)) return res <= tol;  // no descent left at this precision
