@@ -648,15 +648,34 @@ FASTMTL_HD inline void householder_tridiagonal(double* a, int T, double* h, doub
         hi -= f * g;
         FASTMTL_A(i, l) = f - g;
         // e = B x / h, with B the symmetric leading block (its lower triangle is stored)
-        // and x = row i; by rows, so that every access is contiguous and vectorises. The
-        // row's dot product has its own partial sums (dot): as one running sum it was a
-        // chain of T^3 / 6 dependent multiply-adds, most of the reduction's time.
+        // and x = row i; by rows, so that every access is contiguous and vectorises: row j
+        // adds B[j][k] x[k] to e[j] (a dot product) and B[j][k] x[j] to e[k] (an axpy),
+        // k < j. Four rows at a time: their dot products run together (dots_4x1; one
+        // running sum chained T^3 / 6 multiply-adds) and share one axpy pass over e.
         const double* x = &FASTMTL_A(i, 0);
         for (int j = 0; j <= l; ++j) {
           if (store_scaled) FASTMTL_A(j, i) = x[j] / hi;
           e[j] = 0.0;
         }
-        for (int j = 0; j <= l; ++j) {
+        int j = 0;
+        for (; j + 4 <= l + 1; j += 4) {
+          const double* rows[4] = {&FASTMTL_A(j, 0), &FASTMTL_A(j + 1, 0), &FASTMTL_A(j + 2, 0),
+                                   &FASTMTL_A(j + 3, 0)};
+          const double x0 = x[j], x1 = x[j + 1], x2 = x[j + 2], x3 = x[j + 3];
+          double dots[4];
+          dots_4x1(rows, x, j, dots);
+          for (int k = 0; k < j; ++k)
+            e[k] += (rows[0][k] * x0 + rows[1][k] * x1) + (rows[2][k] * x2 + rows[3][k] * x3);
+          for (int a = 0; a < 4; ++a) {  // the block's own lower triangle
+            double sum = dots[a];
+            for (int b = 0; b < a; ++b) {
+              sum += rows[a][j + b] * x[j + b];
+              e[j + b] += rows[a][j + b] * x[j + a];
+            }
+            e[j + a] += sum + rows[a][j + a] * x[j + a];
+          }
+        }
+        for (; j <= l; ++j) {
           const double* row = &FASTMTL_A(j, 0);
           const double xj = x[j];
           const double dot_j = dot(row, x, j);
