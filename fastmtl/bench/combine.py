@@ -232,21 +232,21 @@ def bench_solvers(T: int = 128, *, repeats: int = 5, methods: tuple[str, ...] = 
 
 def format_combine_table(rows: list[CombineRow]) -> str:
     """One line per (T, P, method): with out=, allocating, and TorchJD's aggregator."""
-    head = f"{'T':>4} {'P':>10}  {'method':<8} {'out=':>7} {'alloc':>7} {'torchjd':>8}"
+    head = f"{'T':>4} {'P':>10}  {'method':<10} {'out=':>7} {'alloc':>7} {'torchjd':>8}"
     lines = [head, "-" * len(head)]
 
     def cell(value: float | None, width: int) -> str:
         return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
 
     for r in rows:
-        lines.append(f"{r.T:>4} {r.P:>10}  {'gram':<8} {cell(r.ratios['gram'], 7)}")
-        lines.append(f"{r.T:>4} {r.P:>10}  {'rows':<8} {cell(r.ratios['combine_rows'], 7)}")
-        lines.append(f"{r.T:>4} {r.P:>10}  {'J @ J.T':<8} {cell(r.ratios['J @ J.T'], 7)}")
+        lines.append(f"{r.T:>4} {r.P:>10}  {'gram':<10} {cell(r.ratios['gram'], 7)}")
+        lines.append(f"{r.T:>4} {r.P:>10}  {'rows':<10} {cell(r.ratios['combine_rows'], 7)}")
+        lines.append(f"{r.T:>4} {r.P:>10}  {'J @ J.T':<10} {cell(r.ratios['J @ J.T'], 7)}")
         for m in METHODS:
             if m not in r.ratios:
                 continue
             lines.append(
-                f"{r.T:>4} {r.P:>10}  {m:<8} {cell(r.ratios.get(m + ' out='), 7)} "
+                f"{r.T:>4} {r.P:>10}  {m:<10} {cell(r.ratios.get(m + ' out='), 7)} "
                 f"{cell(r.ratios.get(m), 7)} {cell(r.ratios.get('torchjd ' + m), 8)}"
             )
     return "\n".join(lines)
