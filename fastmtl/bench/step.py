@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import autograd as fa
-from .combine import environment, time_call
+from .combine import environment, time_call, time_ratio
 
 
 class BasicBlock(nn.Module):
@@ -177,7 +177,8 @@ def bench_step(methods=("mean", "pcgrad", "mgda", "cagrad"), *, device="cpu", ba
                  "parameter loop": partial(parameter, m, False),
                  "parameter batched": partial(parameter, m, True)}
         for name, fn in cases.items():
-            row.ratios[name] = time_call(fn, dev, repeats) / t_plain
+            # each call alternates with a plain step, so both see the same load
+            row.ratios[name] = time_ratio(fn, plain, dev, repeats)
             mb = peak_memory_of(fn, dev, meter)
             if mb is not None:
                 row.peak_mb[name] = mb
