@@ -22,8 +22,12 @@ class IMTLG(Combiner):
 
     This equals the paper's closed form :math:`a = g_1 U^\top (D U^\top)^{-1}` (nash-mtl,
     LibMTL) whenever :math:`G` is invertible, and torchjd's pseudo-inverse form otherwise.
-    :math:`G^+` comes from a float64 Jacobi eigen-decomposition and keeps eigenvalues above
-    :math:`T \epsilon \max|\lambda|` (``torch.linalg.pinv``'s default).
+    :math:`G^+` keeps the eigenvalues above :math:`T \epsilon \max|\lambda|`
+    (``torch.linalg.pinv``'s default), in float64. Where a Cholesky factor of
+    :math:`G - \tau I`, :math:`\tau = (T+2)^2 \epsilon \|G\|_\infty`, exists, every
+    eigenvalue is kept (Cholesky's backward-error bound) and :math:`G^{-1} n` comes by
+    iterative refinement on that factor; otherwise an eigen-decomposition (Householder
+    tridiagonal reduction and implicit QL) decides which eigenvalues are kept.
 
     Degenerate input: when :math:`\mathbf{1}^\top G^+ n \approx 0` (e.g. exactly opposite
     gradients) no such direction exists and the weights (and direction) are 0, as in torchjd;
