@@ -438,7 +438,7 @@ def _fused_solve_is_current(comb: Combiner) -> bool:
     for klass in type(comb).__mro__:
         if "_fused_solve" in vars(klass):
             return klass is not Combiner
-        if any(name in vars(klass) for name in ("_solve", "weights", "coefficients")):
+        if any(name in vars(klass) for name in ("_solve", "_weights", "weights", "coefficients")):
             return False
     return False
 

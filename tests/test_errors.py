@@ -44,6 +44,72 @@ def test_non_finite_grads(method, bad):
     assert torch.equal(out, torch.zeros(5, dtype=torch.float64))  # untouched on error
 
 
+GRAMIAN = ["mean", "pcgrad", "mgda", "cagrad", "imtlg", "alignedmtl", "config", "nashmtl",
+           "upgrad", "dualproj", "gradvac", "rgw"]
+
+
+def _asymmetric() -> torch.Tensor:
+    G = J @ J.T
+    G[0, 1] += 0.5 * float(G.diagonal().max())
+    return G
+
+
+def _with_nan() -> torch.Tensor:
+    G = J @ J.T
+    G[2, 2] = float("nan")
+    return G
+
+
+@pytest.mark.parametrize("method", GRAMIAN)
+@pytest.mark.parametrize(
+    "G,exc,match",
+    [
+        ([[1.0]], TypeError, "G must be a torch.Tensor"),
+        (torch.eye(3, dtype=torch.int64), TypeError, "G must be a floating-point tensor"),
+        (torch.ones(3, 4, dtype=torch.float64), ValueError, r"G must be \[\.\.\., T, T\]"),
+        (torch.ones(3, dtype=torch.float64), ValueError, r"G must be \[\.\.\., T, T\]"),
+        (_with_nan(), ValueError, "G contains NaN or Inf"),
+        (_asymmetric(), ValueError, "G must be symmetric"),
+    ],
+    ids=["list", "int64", "non-square", "1-d", "nan", "asymmetric"],
+)
+def test_bad_gram_for_weights(method, G, exc, match):
+    comb = fastmtl.make_combiner(method)
+    before = G.clone() if isinstance(G, torch.Tensor) else None
+    with pytest.raises(exc, match=match):
+        comb.weights(G)
+    if before is not None:  # nothing modified
+        torch.testing.assert_close(G, before, rtol=0, atol=0, equal_nan=True)
+
+
+def test_weights_accepts_a_float32_gram_and_check_false_skips_the_checks():
+    J32 = torch.randn(4, 1000)
+    G32 = J32 @ J32.T  # BLAS: symmetric up to rounding at most
+    w = fastmtl.make_combiner("imtlg").weights(G32)
+    assert w.dtype == torch.float64 and torch.isfinite(w).all()
+    # unchecked, an asymmetric G goes through (the solvers read one triangle)
+    assert torch.isfinite(fastmtl.make_combiner("mgda").weights(_asymmetric(), check=False)).all()
+
+
+def test_custom_combiners_through_either_hook():
+    # a subclass written against the public weights() (as before _weights existed), and one
+    # implementing _weights: both combine, and weights() checks G for the second
+    class PublicHook(fastmtl.Combiner):
+        def weights(self, G, *, generator=None, losses=None, check=True):
+            return torch.softmax(-G.diagonal().to(torch.float64), 0)
+
+    class PrivateHook(fastmtl.Combiner):
+        def _weights(self, G, *, generator=None, losses=None):
+            return torch.softmax(-G.diagonal().to(torch.float64), 0)
+
+    G = J @ J.T
+    expected = torch.softmax(-G.diagonal(), 0) @ J
+    for comb in (PublicHook(), PrivateHook()):
+        torch.testing.assert_close(comb(J), expected)
+    with pytest.raises(ValueError, match="G must be symmetric"):
+        PrivateHook().weights(_asymmetric())
+
+
 def test_unknown_method_lists_the_available_names():
     with pytest.raises(ValueError, match="unknown method 'nope'.*cagrad.*mgda.*pcgrad"):
         fastmtl.combine(J, "nope")

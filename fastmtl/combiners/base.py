@@ -179,14 +179,41 @@ def check_finite_gram(G: Tensor) -> None:
         )
 
 
+def check_gram_argument(G: object) -> None:
+    """Checks the ``G`` a user passes to :meth:`Combiner.weights` (combine forms its own):
+    a floating-point ``[..., T, T]`` tensor, finite and symmetric to ``1e-4 max_i |G_ii|``
+    (a float32 ``J @ J.T`` may differ from its transpose by rounding). The two data checks
+    share one host sync, and are skipped while compiling or capturing a CUDA graph."""
+    if not isinstance(G, Tensor):
+        raise TypeError(f"G must be a torch.Tensor (a Gram matrix J J^T), got {type(G).__name__}")
+    if not G.is_floating_point():
+        raise TypeError(f"G must be a floating-point tensor, got {G.dtype}")
+    if G.ndim < 2 or G.shape[-1] != G.shape[-2] or G.shape[-1] < 1:
+        raise ValueError(f"G must be [..., T, T] with T >= 1, got {list(G.shape)}")
+    if _skip_data_checks():
+        return
+    finite = all_finite(G)
+    asymmetry = (G - G.mT).abs().amax()
+    scale = G.diagonal(dim1=-2, dim2=-1).abs().amax()
+    if bool(finite & (asymmetry <= 1e-4 * scale)):
+        return
+    if not bool(finite):
+        raise ValueError("G contains NaN or Inf")
+    raise ValueError(
+        f"G must be symmetric (a Gram matrix J J^T): max |G - G^T| = {float(asymmetry):.3g} "
+        f"against max |G_ii| = {float(scale):.3g}"
+    )
+
+
 class Combiner(torch.nn.Module):
     r"""Base class of the gradient combiners.
 
-    Subclasses implement :meth:`weights`, mapping the Gram matrix :math:`G` (``[T, T]``) to
-    float64 weights :math:`w` with direction :math:`d = w^\top J`. Calling a combiner on
-    per-task gradients returns the direction; :meth:`combine` also returns the weights and
-    Gram matrix. Combiners are ``nn.Module`` s so that stateful ones save their state with
-    ``state_dict()``; :meth:`reset` clears it.
+    Subclasses implement :meth:`_weights` (or :meth:`_solve`, with diagnostics), mapping the
+    Gram matrix :math:`G` (``[T, T]``) to float64 weights :math:`w` with direction
+    :math:`d = w^\top J`; :meth:`weights` checks a user's ``G``, then calls it. Calling a
+    combiner on per-task gradients returns the direction; :meth:`combine` also returns the
+    weights and Gram matrix. Combiners are ``nn.Module`` s so that stateful ones save their
+    state with ``state_dict()``; :meth:`reset` clears it.
     """
 
     name: ClassVar[str] = ""
@@ -201,11 +228,27 @@ class Combiner(torch.nn.Module):
 
     def weights(
         self, G: Tensor, *, generator: torch.Generator | None = None,
-        losses: Tensor | None = None,
+        losses: Tensor | None = None, check: bool = True,
     ) -> Tensor:
-        """Task weights (float64 ``[T]``) from the Gram matrix ``G`` ``[T, T]``."""
+        """Task weights (float64 ``[T]``) from the Gram matrix ``G`` ``[T, T]``.
+
+        Raises ``TypeError`` if ``G`` is not a floating-point tensor and ``ValueError`` if
+        it is not square, holds NaN/Inf or is not symmetric (see
+        :func:`check_gram_argument`). ``check=False`` skips those checks and their host
+        sync, for a ``G`` known to be good (one from :func:`fastmtl.ops.gram`).
+        """
+        if check:
+            check_gram_argument(G)
+        return self._weights(G, generator=generator, losses=losses)
+
+    def _weights(
+        self, G: Tensor, *, generator: torch.Generator | None, losses: Tensor | None,
+    ) -> Tensor:
+        """:meth:`weights` without its checks."""
+        if type(self).weights is not Combiner.weights:  # a subclass overriding the public hook
+            return self.weights(G, generator=generator, losses=losses)
         if type(self)._solve is Combiner._solve:
-            raise NotImplementedError(f"{type(self).__name__} defines neither weights nor _solve")
+            raise NotImplementedError(f"{type(self).__name__} defines neither _weights nor _solve")
         return self._solve(G, G.shape[-1], G.device, generator, losses)[0]
 
     def _solve(
@@ -213,9 +256,9 @@ class Combiner(torch.nn.Module):
         generator: torch.Generator | None, losses: Tensor | None,
     ) -> tuple[Tensor, dict[str, Any]]:
         """Weights and diagnostics. A subclass overrides this one (methods with diagnostics)
-        or :meth:`weights` (the rest); each default is defined by the other."""
+        or :meth:`_weights` (the rest); each default is defined by the other."""
         assert G is not None
-        return self.weights(G, generator=generator, losses=losses), {}
+        return self._weights(G, generator=generator, losses=losses), {}
 
     def _fused_solve(
         self, T: int, device: torch.device, generator: torch.Generator | None

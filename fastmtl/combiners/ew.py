@@ -14,7 +14,7 @@ class _Equal(Combiner):
     requires_gram = False
     _scale_by_T: bool = False
 
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
+    def _weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
         return self._equal(G.shape[-1], G.device)
 
     def _equal(self, T: int, device: torch.device) -> Tensor:

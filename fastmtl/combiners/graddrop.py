@@ -97,14 +97,14 @@ class GradDrop(Combiner):
                              dtype=torch.int64)
         return seed.to(device)
 
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
+    def weights(self, G: Tensor, *, generator=None, losses=None, check: bool = True) -> Tensor:
         raise TypeError(
             "GradDrop is element-wise: its direction is not a combination w^T J of the task "
             "gradients, so it has no task weights; call it on the gradients"
         )
 
     def _solve(self, G, T, device, generator, losses):
-        return self.weights(G), {}
+        return self.weights(G, check=False), {}
 
     def direction(
         self, J: Tensor, seed: Tensor, *, purity: Tensor | None = None, stream: int = 0,

@@ -80,6 +80,6 @@ class MGDA(Combiner):
             return None
         return "min_norm_weights", (ops.default_max_iter(T), 1e-14), 1.0
 
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
+    def _weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
         loss_vec = None if losses is None else torch.as_tensor(losses, dtype=torch.float64)
         return self._solve(G, G.shape[-1], G.device, generator, loss_vec)[0]

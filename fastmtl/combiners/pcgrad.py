@@ -107,6 +107,6 @@ class PCGrad(Combiner):
         args = (order, bool(include_self), float(eps), bool(eps_on_norm))
         return "pcgrad_coefficients", args, 1.0 / T if self.reduction == "mean" else 1.0
 
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
+    def _weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
         w = self.coefficients(G, generator=generator).sum(dim=-2)
         return w / G.shape[-1] if self.reduction == "mean" else w

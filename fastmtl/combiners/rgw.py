@@ -28,7 +28,7 @@ class RGW(Combiner):
         z = torch.randn(T, generator=generator, device=gen_device, dtype=torch.float64)
         return torch.softmax(z, dim=0).to(device)
 
-    def weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
+    def _weights(self, G: Tensor, *, generator=None, losses=None) -> Tensor:
         return self._draw(G.shape[-1], G.device, generator)
 
     def _solve(self, G, T, device, generator, losses):
