@@ -192,9 +192,10 @@ def _certificate_shift(G: torch.Tensor) -> float:
     return (T + 2) ** 2 * torch.finfo(torch.float64).eps * float(G.abs().sum(1).max())
 
 
+@pytest.mark.parametrize("T", [40, 128])  # 128: the factor's rows padded apart
 @pytest.mark.parametrize("case", ["certified", "certified, cond 1e6", "refinement stalls",
                                   "beyond certificate", "rank deficient"])
-def test_imtlg_solve_on_every_path(case, device):
+def test_imtlg_solve_on_every_path(case, T, device):
     # The pseudo-inverse solve has four paths: a Cholesky factor of G - tau I certifies
     # full rank and refinement on it solves (lambda_min >> tau); refinement diverges when
     # lambda_min < 2 tau and a Cholesky solve of G takes over; beyond the certificate the
@@ -202,7 +203,6 @@ def test_imtlg_solve_on_every_path(case, device):
     # At cond 1e6 refinement stops at its rounding floor (~cond eps) and that is accepted.
     # (IMTL-G's normalisation w / sum(w) hides an error along a near-null direction, which
     # dominates w there; the checks below are on what the weights define.)
-    T = 40
     lam = torch.logspace(0, 1, T, dtype=torch.float64)
     G = _gram_with_spectrum(lam, seed=3)
     tau = _certificate_shift(G)
