@@ -87,6 +87,15 @@ def test_weights_accepts_a_float32_gram_and_check_false_skips_the_checks():
     G32 = J32 @ J32.T  # BLAS: symmetric up to rounding at most
     w = fastmtl.make_combiner("imtlg").weights(G32)
     assert w.dtype == torch.float64 and torch.isfinite(w).all()
+    # symmetric to rounding only: the weights are those of (G + G^T) / 2, G is left as it is
+    noisy = J @ J.T
+    noisy[0, 1] += 1e-9
+    before = noisy.clone()
+    for method in ("imtlg", "alignedmtl", "nashmtl"):
+        comb = fastmtl.make_combiner(method)
+        torch.testing.assert_close(comb.weights(noisy), comb.weights((noisy + noisy.T) / 2),
+                                   rtol=0, atol=0)
+    assert torch.equal(noisy, before)
     # unchecked, an asymmetric G goes through (the solvers read one triangle)
     assert torch.isfinite(fastmtl.make_combiner("mgda").weights(_asymmetric(), check=False)).all()
 

@@ -11,6 +11,7 @@ so a combine step reads ``J`` twice (``gram`` and ``combine_rows``) whatever the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -179,11 +180,15 @@ def check_finite_gram(G: Tensor) -> None:
         )
 
 
-def check_gram_argument(G: object) -> None:
+def check_gram_argument(G: object) -> Tensor:
     """Checks the ``G`` a user passes to :meth:`Combiner.weights` (combine forms its own):
     a floating-point ``[..., T, T]`` tensor, finite and symmetric to ``1e-4 max_i |G_ii|``
     (a float32 ``J @ J.T`` may differ from its transpose by rounding). The two data checks
-    share one host sync, and are skipped while compiling or capturing a CUDA graph."""
+    share one host sync, and are skipped while compiling or capturing a CUDA graph.
+
+    Returns ``G``, or ``(G + G^T) / 2`` (a new tensor) where ``G`` is symmetric only to
+    rounding: the solvers read one triangle or the other depending on the path they take,
+    and would otherwise see two different matrices."""
     if not isinstance(G, Tensor):
         raise TypeError(f"G must be a torch.Tensor (a Gram matrix J J^T), got {type(G).__name__}")
     if not G.is_floating_point():
@@ -191,18 +196,20 @@ def check_gram_argument(G: object) -> None:
     if G.ndim < 2 or G.shape[-1] != G.shape[-2] or G.shape[-1] < 1:
         raise ValueError(f"G must be [..., T, T] with T >= 1, got {list(G.shape)}")
     if _skip_data_checks():
-        return
-    finite = all_finite(G)
-    asymmetry = (G - G.mT).abs().amax()
+        return G
+    # a NaN or infinite entry makes max |G - G^T| NaN or infinite, so one reduction checks
+    # both; the two numbers come back in one transfer
+    asymmetry = (G - G.mT).abs_().amax()
     scale = G.diagonal(dim1=-2, dim2=-1).abs().amax()
-    if bool(finite & (asymmetry <= 1e-4 * scale)):
-        return
-    if not bool(finite):
+    asymmetry, scale = torch.stack((asymmetry, scale)).tolist()
+    if not (math.isfinite(asymmetry) and math.isfinite(scale)):
         raise ValueError("G contains NaN or Inf")
-    raise ValueError(
-        f"G must be symmetric (a Gram matrix J J^T): max |G - G^T| = {float(asymmetry):.3g} "
-        f"against max |G_ii| = {float(scale):.3g}"
-    )
+    if asymmetry > 1e-4 * scale:
+        raise ValueError(
+            f"G must be symmetric (a Gram matrix J J^T): max |G - G^T| = {asymmetry:.3g} "
+            f"against max |G_ii| = {scale:.3g}"
+        )
+    return G if asymmetry == 0.0 else (G + G.mT) / 2
 
 
 class Combiner(torch.nn.Module):
@@ -233,12 +240,13 @@ class Combiner(torch.nn.Module):
         """Task weights (float64 ``[T]``) from the Gram matrix ``G`` ``[T, T]``.
 
         Raises ``TypeError`` if ``G`` is not a floating-point tensor and ``ValueError`` if
-        it is not square, holds NaN/Inf or is not symmetric (see
-        :func:`check_gram_argument`). ``check=False`` skips those checks and their host
-        sync, for a ``G`` known to be good (one from :func:`fastmtl.ops.gram`).
+        it is not square, holds NaN/Inf or is not symmetric; a ``G`` symmetric only to
+        rounding is symmetrised first (see :func:`check_gram_argument`). ``check=False``
+        skips all that and its host sync, for a ``G`` known to be good and exactly
+        symmetric (one from :func:`fastmtl.ops.gram`).
         """
         if check:
-            check_gram_argument(G)
+            G = check_gram_argument(G)
         return self._weights(G, generator=generator, losses=losses)
 
     def _weights(
