@@ -1072,7 +1072,8 @@ FASTMTL_HD inline void cholesky_apply(const double* U, int T, int ld, const doub
 // leaves ||e||_2 <= rho / (1 + rho) sqrt(8 T eps) |x|_inf (dx_k^2 <= 4 eps |x| dx_{k-1} and
 // dx_{k-1} < 2 |x|). A direct solve's error, cond_2(M) eps |x|, is at least
 // rho / ((1 + rho) (T + 2)^2 sqrt(T)) |x| for this shift (||M||_1 <= sqrt(T) lambda_max):
-// the bound stays below that for T up to about 250 (by 10x at T = 128).
+// the bound stays below that for T up to about 250 (by 10x at T = 128), so larger T take
+// the confirming step (one O(T^2) step against the O(T^3) factor).
 // r and dx: T doubles of scratch each.
 FASTMTL_HD inline bool refined_solve(const double* M, const double* U, int T, int ld,
                                      const double* y, double* x, double* r, double* dx) {
@@ -1101,7 +1102,8 @@ FASTMTL_HD inline bool refined_solve(const double* M, const double* U, int T, in
     // Corrections stop halving at the rounding floor (about cond(M) eps |x|, as good as a
     // direct solve), or when lambda_min is near 2 shift (they stay large); accept the first.
     if (!(change < 0.5 * previous)) return change <= 1e-8 * size;
-    if (step > 0 && (change / size) * (change / previous) <= 4.0 * kEps64) return true;
+    if (step > 0 && T <= 250 && (change / size) * (change / previous) <= 4.0 * kEps64)
+      return true;
     previous = change;
   }
   return false;
