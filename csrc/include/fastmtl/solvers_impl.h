@@ -882,14 +882,14 @@ FASTMTL_HD inline double max_abs(const double* v, int T) {
 // vectors of the rows above it (axpy form, no horizontal sums).
 //
 // A row stride of T = 64 k doubles maps a column of U onto few cache sets, and the update
-// walks U down its columns; cholesky_ld pads such T (by a cache line: 22 -> 26 us at
-// T = 128, where T = 130 took 22).
+// walks U down its columns; cholesky_ld pads such T by a cache line (the factor at
+// T = 128: 26 -> 22 us, what T = 130 took unpadded).
 FASTMTL_HD inline int cholesky_ld(int T) { return T % 64 == 0 ? T + 8 : T; }
 
 // Update of panel rows j0 .. j0 + 3 (all below T) at column i by the rows of U above:
 // U[j0 + r][i] = M[j0 + r][i] - sum_{k < j0} U[k][j0 + r] U[k][i].
 FASTMTL_HD inline void cholesky_update_column(const double* M, double* U, int T, int ld, int j0,
-                                          int i) {
+                                              int i) {
   double v[4];
   for (int r = 0; r < 4; ++r) v[r] = M[(int64_t)(j0 + r) * T + i];
   for (int k = 0; k < j0; ++k) {
@@ -963,11 +963,11 @@ FASTMTL_HD inline void cholesky_update_panel(const double* M, double* U, int T, 
 // Upper Cholesky factor U of M - shift I (T x T, row-major, M symmetric: of M only the
 // upper triangle and the 4 x 4 diagonal blocks are read). U's rows are ld apart (ld >= T;
 // U may be M when ld = T); its entries below the diagonal are left alone outside those
-// blocks and are scratch inside them. False
-// where a pivot is not positive. Panels of four rows: the update by the rows above
-// (cholesky_update_panel, most of the work), the factor of the small diagonal block, then
-// the panel's rows to its right solved against that block. inv: T doubles of scratch,
-// the reciprocal pivots, so that the panel multiplies rather than divides.
+// blocks and are scratch inside them. False where a pivot is not positive. Panels of four
+// rows: the update by the rows above (cholesky_update_panel, most of the work), the factor
+// of the small diagonal block, then the panel's rows to its right solved against that
+// block. inv: T doubles of scratch, the reciprocal pivots, so that the panel multiplies
+// rather than divides.
 FASTMTL_HD inline bool cholesky_factor(const double* M, int T, double shift, double* U, int ld,
                                        double* inv) {
   for (int j0 = 0; j0 < T; j0 += 4) {
@@ -1024,9 +1024,9 @@ FASTMTL_HD inline void block_rows(const double* M, int T, int ld, int i0, const 
 }
 
 // x = (U^T U)^{-1} y by two triangular solves (x may be y; U's rows ld apart), four rows
-// of U at a time:
-// U^T z = y in axpy form (a block's four rows update the rest in one pass), U x = z by
-// dot products of a block's rows with the solved part, run together (dots_4x1).
+// of U at a time: U^T z = y in axpy form (a block's four rows update the rest in one
+// pass), U x = z by dot products of a block's rows with the solved part, run together
+// (dots_4x1).
 FASTMTL_HD inline void cholesky_apply(const double* U, int T, int ld, const double* y,
                                       double* x) {
   if (x != y)
@@ -1124,8 +1124,8 @@ FASTMTL_HD inline double one_norm(const double* M, int T, double* col) {
 // Fast path, a certificate that every eigenvalue is kept (then M^+ = M^{-1}): the factor
 // of M - tau I with tau = (T + 2)^2 eps ||M||_inf (= ||M||_1, as M is symmetric). The
 // computed factor is exact for M - tau I + E with ||E||_2 <= T gamma_{T+1} max_i M_ii
-// (Cholesky's backward error), so
-// its existence gives lambda_min(M) >= tau - ||E|| >= T eps ||M||_inf >= T eps lambda_max.
+// (Cholesky's backward error), so its existence gives
+// lambda_min(M) >= tau - ||E|| >= T eps ||M||_inf >= T eps lambda_max.
 // x then comes by refinement on that factor (a few O(T^2) steps), or, if that stalls, by
 // a Cholesky solve with M itself. Otherwise (rank-deficient or condition number beyond
 // ~1 / ((T + 2)^2 eps)): the eigenvalues decide, then Cholesky when all are kept, else
